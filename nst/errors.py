@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+An :class:`NstError` is a problem with the user's input or environment (a missing file, a bad
+checksum, an impossible size). The CLI prints its message as one line on stderr and exits non-zero;
+anything else is a bug and keeps its traceback.
+"""
+
+
+class NstError(Exception):
+    """A problem the user can fix; ``str(err)`` is a complete one-line explanation."""
+
+
+class WeightsError(NstError):
+    """Backbone weights are missing, corrupt, or in an unexpected layout."""
+
+
+class ImageError(NstError):
+    """An input image cannot be read or used."""
+
+
+class ConfigError(NstError):
+    """A config value is invalid in a way the schema cannot express (e.g. an unknown layer)."""

@@ -1,0 +1,134 @@
+"""Reading, converting, resizing and writing images.
+
+Everything inside nst works on float32 RGB arrays ``(H, W, 3)`` with values in 0..255. Reading
+accepts anything PIL reads: EXIF orientation is applied; grayscale, palette, RGBA (composited on
+white), CMYK and 16-bit images become 8-bit RGB. Problems raise :class:`~nst.errors.ImageError`
+with one line naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from nst.errors import ImageError
+from nst.files import atomic_write_bytes
+
+SAMPLE_PREFIX = "sample:"
+# Default pixel-count limit; larger files are refused before decoding (decompression-bomb guard).
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def sample_names() -> list[str]:
+    """Names usable as ``sample:NAME``: scikit-image's bundled sample photographs."""
+    d = _sample_dir()
+    return sorted(p.stem for p in d.iterdir() if p.suffix in (".png", ".jpg")) if d else []
+
+
+def _sample_dir() -> Path | None:
+    try:
+        import skimage
+    except ImportError:
+        return None
+    return Path(skimage.__file__).parent / "data"
+
+
+def resolve_path(spec: str) -> Path:
+    """Turn ``sample:NAME`` into the bundled file's path; anything else is a filesystem path."""
+    if spec.startswith(SAMPLE_PREFIX):
+        name = spec[len(SAMPLE_PREFIX) :]
+        d = _sample_dir()
+        if d is None:
+            raise ImageError(f"{spec}: sample images need scikit-image (pip install scikit-image)")
+        for ext in (".png", ".jpg"):
+            if (d / f"{name}{ext}").is_file():
+                return d / f"{name}{ext}"
+        raise ImageError(f"unknown sample image {name!r}; valid: {', '.join(sample_names())}")
+    return Path(spec).expanduser()
+
+
+def load_image(spec: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file (or ``sample:NAME``) as float32 RGB ``(H, W, 3)`` in 0..255."""
+    path = resolve_path(str(spec))
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, expected an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageError(
+                        f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
+                        "(raise max_pixels if you trust this file)"
+                    )
+                im.load()
+                rgb = to_rgb(ImageOps.exif_transpose(im))
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{path}: cannot decode image ({_one_line(e)})") from None
+    return np.asarray(rgb, dtype=np.float32)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB (alpha composited on white, 16-bit scaled down)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im).astype(np.float64)
+        peak = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(np.round(a * 255.0 / peak), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        peak = 1.0 if a.max() <= 1.0 else 255.0
+        im = Image.fromarray(np.clip(np.round(a * 255.0 / peak), 0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("LA", "La", "RGBa", "PA"):
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, im)
+    return im.convert("RGB")
+
+
+def resize_longest(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize ``(H, W, 3)`` so its longest side is ``size`` px, keeping the aspect ratio."""
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    return resize_to(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+
+
+def resize_to(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Resize ``(H, W, 3)`` float pixels to exactly ``hw`` with a Lanczos filter (PIL)."""
+    h, w = hw
+    if image.shape[:2] == (h, w):
+        return image.astype(np.float32)
+    im = Image.fromarray(to_uint8(image))
+    return np.asarray(im.resize((w, h), Image.Resampling.LANCZOS), dtype=np.float32)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Round and clip 0..255 floats to uint8."""
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write ``(H, W, 3)`` 0..255 pixels as PNG atomically (temp file + rename)."""
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

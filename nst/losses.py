@@ -1,0 +1,69 @@
+"""Functional losses of Gatys et al., "Image Style Transfer Using Convolutional Neural Networks"
+(CVPR 2016), plus total variation.
+
+Shapes: features are ``(..., H, W, C)`` (leading batch dims allowed, summed over); images are
+``(..., H, W, 3)`` pixels. Every function returns a scalar. Two normalizations are offered because
+the paper's absolute numbers are tied to its *normalized* VGG19 and to summed losses:
+
+* ``"paper"``: content ½·Σ(F−P)² (eq. 1); style E_l = Σ(G−A)² / (4·N_l²·M_l²) (eq. 4), with
+  the unnormalized Gram G = F·Fᵀ (eq. 3), N_l filters and M_l = H·W positions.
+* ``"mean"``: content mean((F−P)²); Gram G/(C·H·W) and style mean((G−A)²). Scale-free in the
+  image size, so α/β transfer between sizes and layers.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+NORMS = ("paper", "mean")
+
+
+def gram(features: jnp.ndarray, norm: str = "mean") -> jnp.ndarray:
+    """Gram matrix of ``(..., H, W, C)`` features -> ``(..., C, C)``.
+
+    ``paper``: G_ij = Σ_k F_ik F_jk (eq. 3). ``mean``: the same divided by C·H·W.
+    """
+    *_, h, w, c = features.shape
+    f = features.reshape(*features.shape[:-3], h * w, c)
+    g = jnp.einsum("...ki,...kj->...ij", f, f)
+    if norm == "paper":
+        return g
+    if norm == "mean":
+        return g / (c * h * w)
+    raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+
+
+def content_loss(features: jnp.ndarray, target: jnp.ndarray, norm: str = "mean") -> jnp.ndarray:
+    """Content loss between features F and target features P of the same shape.
+
+    ``paper``: ½·Σ(F−P)² (eq. 1). ``mean``: mean((F−P)²).
+    """
+    d2 = jnp.square(features - target)
+    if norm == "paper":
+        return 0.5 * jnp.sum(d2)
+    if norm == "mean":
+        return jnp.mean(d2)
+    raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+
+
+def style_layer_loss(
+    features: jnp.ndarray, target_gram: jnp.ndarray, norm: str = "mean"
+) -> jnp.ndarray:
+    """Style loss of one layer: features ``(..., H, W, C)`` against a Gram target ``(..., C, C)``.
+
+    ``paper``: E_l = Σ(G−A)² / (4·N_l²·M_l²) with N_l = C, M_l = H·W (eq. 4).
+    ``mean``: mean((G−A)²) with Grams normalized by C·H·W.
+    """
+    *_, h, w, c = features.shape
+    d2 = jnp.square(gram(features, norm) - target_gram)
+    if norm == "paper":
+        return jnp.sum(d2) / (4.0 * c**2 * (h * w) ** 2)
+    return jnp.mean(d2)
+
+
+def tv_loss(image: jnp.ndarray) -> jnp.ndarray:
+    """Total variation of ``(..., H, W, C)`` pixels: Σ((x[i+1,j]−x[i,j])² + (x[i,j+1]−x[i,j])²)
+    divided by the number of pixel values, so the weight does not depend on the image size."""
+    dy = jnp.square(image[..., 1:, :, :] - image[..., :-1, :, :])
+    dx = jnp.square(image[..., :, 1:, :] - image[..., :, :-1, :])
+    return (jnp.sum(dy) + jnp.sum(dx)) / image.size

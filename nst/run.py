@@ -1,0 +1,261 @@
+"""``run(cfg, run_dir)``: one style-transfer job from a composed config.
+
+This is where DictConfig stops: the config is validated and turned into plain specs here, and
+everything below (engine, losses, weights, images) takes arrays and plain values.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+import nst
+from nst import images, vgg
+from nst.engine import BackboneSpec, LossSpec, stylize
+from nst.errors import ConfigError
+from nst.files import atomic_write_json
+from nst.optim import OptimizerSpec
+from nst.writers import LocalWriter
+
+
+def _name(v: Any) -> str:
+    """Enum members (structured configs) and plain strings alike as their string value."""
+    return str(getattr(v, "value", v))
+
+
+def _weights(kind: str, mapping: Any) -> dict[str, float]:
+    out = {str(k): float(v) for k, v in dict(mapping).items()}
+    bad = {k: v for k, v in out.items() if not math.isfinite(v) or v < 0}
+    if bad:
+        raise ConfigError(
+            f"layers.{kind}: weights must be finite and >= 0, got "
+            + ", ".join(f"{k}={v}" for k, v in bad.items())
+        )
+    return out
+
+
+def specs_from_config(cfg: DictConfig) -> tuple[BackboneSpec, LossSpec, OptimizerSpec]:
+    """Validate the parts of ``cfg`` the schema cannot and build the engine's plain specs."""
+    arch = _name(cfg.backbone.arch)
+    content_layers = _weights("content_layers", cfg.layers.content_layers)
+    style_layers = _weights("style_layers", cfg.layers.style_layers)
+    if not content_layers and not style_layers:
+        raise ConfigError(
+            "layers: content_layers and style_layers are both empty; name at least one layer"
+        )
+    try:
+        vgg.validate_layers(arch, [*content_layers, *style_layers])
+    except ValueError as e:
+        raise ConfigError(f"layers: {e}") from None
+    for key in ("alpha", "beta", "tv"):
+        v = float(cfg.loss[key])
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(f"loss.{key} must be finite and >= 0, got {v}")
+    loss = LossSpec(
+        content_layers=content_layers,
+        style_layers=style_layers,
+        alpha=float(cfg.loss.alpha),
+        beta=float(cfg.loss.beta),
+        tv=float(cfg.loss.tv),
+        gram_norm=_name(cfg.loss.gram_norm),
+        content_norm=_name(cfg.loss.content_norm),
+    )
+    o = cfg.optimizer
+    opt = OptimizerSpec(
+        name=_name(o.name),
+        lr=None if o.lr is None else float(o.lr),
+        b1=float(o.b1),
+        b2=float(o.b2),
+        eps=float(o.eps),
+        memory_size=int(o.memory_size),
+        max_linesearch_steps=int(o.max_linesearch_steps),
+        momentum=float(o.momentum),
+        nesterov=bool(o.nesterov),
+        decay_every=int(o.decay_every),
+        decay_rate=float(o.decay_rate),
+    )
+    if opt.name != "lbfgs" and (opt.lr is None or not opt.lr > 0):
+        raise ConfigError(f"optimizer.lr must be > 0 for {opt.name}, got {o.lr}")
+    backbone = BackboneSpec(
+        arch=arch, pooling=_name(cfg.backbone.pooling), dtype=cfg.backbone.dtype
+    )
+    return backbone, loss, opt
+
+
+def make_init(
+    kind: str,
+    content: np.ndarray,
+    style: np.ndarray,
+    *,
+    seed: int,
+    distribution: str = "uniform",
+    scale: float = 1.0,
+    mix: float = 1.0,
+    path: str | None = None,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """The starting image, ``content``'s shape, 0..255 float32.
+
+    noise: mid-grey plus ``scale``·127.5 times U(-1, 1) or N(0, 1) noise, seeded by ``seed``, then
+    ``(1 - mix)·content + mix·noise`` (mix = 1 is the paper's white-noise init)."""
+    hw = content.shape[:2]
+    if kind == "content":
+        return content.copy()
+    if kind == "style":
+        return images.resize_to(style, hw)
+    if kind == "file":
+        if not path:
+            raise ConfigError("init=file needs init.path=FILE")
+        return images.resize_to(images.load_image(path, max_pixels), hw)
+    if kind == "noise":
+        if not 0.0 <= mix <= 1.0:
+            raise ConfigError(f"init.mix must be in [0, 1], got {mix}")
+        rng = np.random.default_rng(seed)
+        if distribution == "uniform":
+            z = rng.uniform(-1.0, 1.0, content.shape)
+        else:
+            z = rng.standard_normal(content.shape)
+        noise = np.clip(127.5 + scale * 127.5 * z, 0.0, 255.0)
+        return ((1.0 - mix) * content + mix * noise).astype(np.float32)
+    raise ConfigError(f"unknown init {kind!r}; valid: content, noise, style, file")
+
+
+def check_size(arch: str, layers: list[str], hw: tuple[int, int], size: int) -> None:
+    """The deepest layer must keep at least one position after its poolings."""
+    need = 2 ** vgg.downsampling(arch, vgg.deepest_layer(arch, layers))
+    if min(hw) < need:
+        raise ConfigError(
+            f"size={size} gives a {hw[1]}x{hw[0]} image whose shorter side is below {need} px, "
+            f"the minimum for layer {vgg.deepest_layer(arch, layers)}; use a larger size"
+        )
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Run one job described by ``cfg``, writing everything into ``run_dir``; returns the summary."""
+    from nst.weights import resolve_params  # heavy (onnx, h5py): import only when running
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    size = int(cfg.size)
+    if size <= 0:
+        raise ConfigError(f"size must be a positive number of pixels, got {size}")
+    if int(cfg.steps) < 0:
+        raise ConfigError(f"steps must be >= 0, got {cfg.steps}")
+    backbone, loss, opt = specs_from_config(cfg)
+
+    max_pixels = int(cfg.max_pixels)
+    content_raw = images.load_image(cfg.content, max_pixels)
+    style_raw = images.load_image(cfg.style, max_pixels)
+    content = images.resize_longest(content_raw, size)
+    check_size(backbone.arch, loss.layers, content.shape[:2], size)
+    # The paper resizes the style image to the content's size; keep its aspect ratio.
+    style = images.resize_longest(style_raw, max(content.shape[:2]))
+    check_size(backbone.arch, loss.style_layers or loss.layers, style.shape[:2], size)
+
+    try:
+        init_path = cfg.init.path
+    except MissingMandatoryValue:
+        init_path = None
+    init = make_init(
+        _name(cfg.init.name),
+        content,
+        style,
+        seed=int(cfg.seed),
+        distribution=_name(cfg.init.distribution),
+        scale=float(cfg.init.scale),
+        mix=float(cfg.init.mix),
+        path=init_path,
+        max_pixels=max_pixels,
+    )
+
+    params, winfo = resolve_params(
+        backbone.arch,
+        _name(cfg.backbone.weights),
+        cfg.backbone.weights_path,
+        int(cfg.backbone.seed),
+        url=cfg.backbone.url,
+    )
+    backbone = BackboneSpec(
+        arch=backbone.arch,
+        pooling=backbone.pooling,
+        preprocessing=winfo["preprocessing"],
+        dtype=backbone.dtype,
+    )
+
+    writer = LocalWriter(run_dir)
+    try:
+        result = stylize(
+            content,
+            style,
+            init,
+            params,
+            backbone=backbone,
+            loss=loss,
+            optimizer=opt,
+            steps=int(cfg.steps),
+            log_every=max(1, int(cfg.log_every)),
+            save_every=int(cfg.save_every),
+            steps_per_call=int(cfg.steps_per_call),
+            writer=writer,
+            progress=bool(cfg.progress),
+        )
+    finally:
+        writer.close()
+
+    result_path = images.save_image(result.image, run_dir / "result.png")
+    summary = {
+        "status": "ok",
+        "steps": result.steps,
+        "final": result.final_metrics,
+        "initial": result.initial_metrics,
+        "wall_s": time.perf_counter() - t0,
+        "compile_s": result.compile_s,
+        "optimize_s": result.optimize_s,
+        "sec_per_step": result.sec_per_step,
+        "steps_per_s": 1.0 / result.sec_per_step if result.sec_per_step > 0 else None,
+        "backbone": {
+            "arch": backbone.arch,
+            "pooling": backbone.pooling,
+            "preprocessing": backbone.preprocessing,
+            **winfo,
+        },
+        "content": {
+            "path": str(images.resolve_path(cfg.content)),
+            "original_hw": list(content_raw.shape[:2]),
+            "hw": list(content.shape[:2]),
+        },
+        "style": {
+            "path": str(images.resolve_path(cfg.style)),
+            "original_hw": list(style_raw.shape[:2]),
+            "hw": list(style.shape[:2]),
+        },
+        "result": str(result_path),
+        "seed": int(cfg.seed),
+        "versions": _versions(),
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _versions() -> dict[str, str]:
+    import flax
+    import jax
+    import optax
+
+    return {
+        "nst": nst.__version__,
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+    }

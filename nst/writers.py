@@ -1,0 +1,81 @@
+"""Metric writers (CLU-style): the engine reports through this interface and never imports a
+tracking service. ``LocalWriter`` writes JSON lines and PNG snapshots into the run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nst.images import save_image
+
+
+class MetricWriter:
+    """Interface: every method is optional to override; the base does nothing."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Record scalar metrics of one logged step."""
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """Record ``(H, W, 3)`` 0..255 images (snapshots) at ``step``."""
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        """Record the final summary of the run."""
+
+    def close(self) -> None:
+        """Flush and release resources; called once, also on failure."""
+
+
+class MultiWriter(MetricWriter):
+    """Fans every call out to several writers."""
+
+    def __init__(self, writers: Sequence[MetricWriter]):
+        self.writers = list(writers)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        for w in self.writers:
+            w.write_scalars(step, scalars)
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        for w in self.writers:
+            w.write_images(step, images)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        for w in self.writers:
+            w.write_summary(summary)
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+
+
+class LocalWriter(MetricWriter):
+    """``metrics.jsonl`` (one JSON object per logged step) and ``snapshots/<name>_<step>.png``."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._f = self.metrics_path.open("a", encoding="utf-8")
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        row = {"step": int(step), **{k: _json_float(v) for k, v in scalars.items()}}
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        for name, img in images.items():
+            save_image(img, self.run_dir / "snapshots" / f"{name}_{int(step):06d}.png")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _json_float(v: float) -> float | str | None:
+    """JSON has no NaN/Inf: keep them readable as strings instead of writing invalid JSON."""
+    v = float(v)
+    return v if math.isfinite(v) else str(v)

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny images and random VGG weights so tests run in seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nst import vgg
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_IMAGES = REPO.parent / "shared" / "images"
+
+
+def random_params(arch: str, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        k: {
+            "kernel": (rng.standard_normal(s) * np.sqrt(2.0 / (9 * s[2]))).astype(np.float32),
+            "bias": (0.1 * rng.standard_normal(s[-1])).astype(np.float32),
+        }
+        for k, s in vgg.conv_shapes(arch).items()
+    }
+
+
+@pytest.fixture(scope="session")
+def vgg16_params() -> dict:
+    return random_params("vgg16")
+
+
+def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A structured (not white-noise) RGB image in 0..255."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    chans = [np.sin(2 * np.pi * (a * x + b * y) + p) for a, b, p in rng.uniform(0.5, 4, (3, 3))]
+    return (127.5 + 120 * np.stack(chans, -1)).astype(np.float32)
+
+
+@pytest.fixture
+def write_png(tmp_path):
+    from PIL import Image
+
+    def _write(name: str, h: int = 48, w: int = 64, seed: int = 0) -> Path:
+        p = tmp_path / name
+        Image.fromarray(smooth_image(h, w, seed).astype(np.uint8)).save(p)
+        return p
+
+    return _write

@@ -1,0 +1,73 @@
+"""Losses against direct NumPy formulas (Gatys et al. 2016, eqs. 1, 3, 4)."""
+
+import numpy as np
+import pytest
+
+from nst import losses
+
+RNG = np.random.default_rng(0)
+
+
+def feats(h=5, w=7, c=4):
+    return RNG.standard_normal((1, h, w, c)).astype(np.float32)
+
+
+def np_gram(f):
+    F = f.reshape(-1, f.shape[-1]).T  # (C, M): rows are filters, as in the paper
+    return F @ F.T
+
+
+def test_gram_paper_and_mean():
+    f = feats()
+    g = np_gram(f[0].astype(np.float64))
+    np.testing.assert_allclose(losses.gram(f, "paper")[0], g, rtol=1e-5)
+    np.testing.assert_allclose(losses.gram(f, "mean")[0], g / f[0].size, rtol=1e-5)
+
+
+def test_content_loss():
+    f, p = feats(), feats()
+    d = f.astype(np.float64) - p
+    np.testing.assert_allclose(losses.content_loss(f, p, "paper"), 0.5 * np.sum(d**2), rtol=1e-5)
+    np.testing.assert_allclose(losses.content_loss(f, p, "mean"), np.mean(d**2), rtol=1e-5)
+
+
+def test_style_layer_loss_paper_eq4():
+    f, s = feats(), feats()
+    n, m = f.shape[-1], f.shape[1] * f.shape[2]
+    a = np_gram(s[0].astype(np.float64))
+    expected = np.sum((np_gram(f[0].astype(np.float64)) - a) ** 2) / (4 * n**2 * m**2)
+    np.testing.assert_allclose(
+        losses.style_layer_loss(f, losses.gram(s, "paper"), "paper"), expected, rtol=1e-5
+    )
+
+
+def test_style_layer_loss_mean():
+    f, s = feats(), feats()
+    k = f[0].size
+    a = np_gram(s[0].astype(np.float64)) / k
+    expected = np.mean((np_gram(f[0].astype(np.float64)) / k - a) ** 2)
+    np.testing.assert_allclose(
+        losses.style_layer_loss(f, losses.gram(s, "mean"), "mean"), expected, rtol=1e-5
+    )
+
+
+def test_style_loss_zero_at_target_and_size_independent_mean():
+    f = feats(8, 8, 3)
+    assert float(losses.style_layer_loss(f, losses.gram(f, "mean"), "mean")) == pytest.approx(
+        0, abs=1e-10
+    )
+    tiled = np.tile(f, (1, 2, 2, 1))  # same statistics, 4x the positions
+    np.testing.assert_allclose(losses.gram(tiled, "mean"), losses.gram(f, "mean"), rtol=1e-5)
+
+
+def test_tv_loss():
+    x = RNG.uniform(0, 255, (6, 9, 3)).astype(np.float32)
+    xd = x.astype(np.float64)
+    expected = (np.sum((xd[1:] - xd[:-1]) ** 2) + np.sum((xd[:, 1:] - xd[:, :-1]) ** 2)) / x.size
+    np.testing.assert_allclose(losses.tv_loss(x), expected, rtol=1e-5)
+    assert float(losses.tv_loss(np.full((4, 4, 3), 7.0, np.float32))) == 0.0
+
+
+def test_unknown_norm():
+    with pytest.raises(ValueError, match="paper, mean"):
+        losses.gram(feats(), "l2")
