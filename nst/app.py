@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console-script entry point (``nst``)."""
+    # Hydra logs at INFO; JAX's backend probing ("Unable to initialize backend 'tpu'") is noise.
+    logging.getLogger("jax").setLevel(logging.WARNING)
     register_configs()
     _hydra_main()
 

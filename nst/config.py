@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 class Arch(Enum):
@@ -122,7 +122,7 @@ class NSTConfig:
     progress: bool = True
     debug: bool = False
     backbone: BackboneConfig = MISSING
-    layers: LayersConfig = MISSING
+    layers: LayersConfig = field(default_factory=LayersConfig)
     loss: LossConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     init: InitConfig = MISSING
@@ -131,4 +131,10 @@ class NSTConfig:
 def register_configs() -> None:
     """Register ``nst_schema``, the typed base of ``configs/config.yaml``."""
     cs = ConfigStore.instance()
-    cs.store(name="nst_schema", node=NSTConfig)
+    node = OmegaConf.structured(NSTConfig)
+    # Layer maps take any layer names (validated against the backbone in run.py). Lifting the
+    # struct flag on these two dicts lets `layers.style_layers={relu1_1: 1}` add new names
+    # instead of failing with "Key ... is not in struct".
+    for key in ("content_layers", "style_layers"):
+        OmegaConf.set_struct(node.layers[key], False)
+    cs.store(name="nst_schema", node=node)

@@ -269,6 +269,11 @@ def stylize(
     evaluate = jax.jit(loss_fn).lower(image0, params, targets, weights).compile()
     compile_s = time.perf_counter() - t0
 
+    # Pytrees sort dict keys; log in the loss function's order (total, content, style, tv, ...).
+    order = ["total", "content", "style", "tv"]
+    order += [f"content/{k}" for k in loss.content_layers] + [
+        f"style/{k}" for k in loss.style_layers
+    ]
     initial: dict[str, float] = {}
     step_times: list[float] = []
     last_log_t, last_log_step = time.perf_counter(), 0
@@ -288,7 +293,7 @@ def stylize(
                 now = time.perf_counter()
                 sps = (now - last_log_t) / max(end - last_log_step, 1)
                 for s in log_steps:
-                    row = {name: float(v[s - done]) for name, v in host.items()}
+                    row = {name: float(host[name][s - done]) for name in order}
                     row["sec_per_step"] = sps
                     writer.write_scalars(s, row)
                     if s == 0:
@@ -303,7 +308,8 @@ def stylize(
 
     final_image = np.asarray(jax.device_get(state.image))
     _, final = evaluate(state.image, params, targets, weights)
-    final = {name: float(v) for name, v in jax.device_get(final).items()}
+    final = jax.device_get(final)
+    final = {name: float(final[name]) for name in order}
     final["sec_per_step"] = float(np.median(step_times)) if step_times else 0.0
     writer.write_scalars(steps, final)
     return RunResult(

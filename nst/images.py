@@ -64,7 +64,7 @@ def load_image(spec: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with _open_unguarded(path) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageError(
@@ -77,9 +77,26 @@ def load_image(spec: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file PIL can read") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ) as e:
         raise ImageError(f"{path}: cannot decode image ({_one_line(e)})") from None
     return np.asarray(rgb, dtype=np.float32)
+
+
+def _open_unguarded(path: Path) -> Image.Image:
+    """``Image.open`` without PIL's own pixel limit, so ``max_pixels`` (checked by the caller
+    right after the header is read) is the one that decides, with a clean :class:`ImageError`."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        return Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
 import nst
 from nst import images, vgg
@@ -38,7 +37,8 @@ def _weights(kind: str, mapping: Any) -> dict[str, float]:
             f"layers.{kind}: weights must be finite and >= 0, got "
             + ", ".join(f"{k}={v}" for k, v in bad.items())
         )
-    return out
+    # A zero weight drops the layer (a preset's layer can be switched off from the command line).
+    return {k: v for k, v in out.items() if v > 0}
 
 
 def specs_from_config(cfg: DictConfig) -> tuple[BackboneSpec, LossSpec, OptimizerSpec]:
@@ -159,10 +159,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     style = images.resize_longest(style_raw, max(content.shape[:2]))
     check_size(backbone.arch, loss.style_layers or loss.layers, style.shape[:2], size)
 
-    try:
-        init_path = cfg.init.path
-    except MissingMandatoryValue:
-        init_path = None
+    init_path = cfg.init.path
     init = make_init(
         _name(cfg.init.name),
         content,

@@ -1,0 +1,213 @@
+"""The real `nst` command in a subprocess: run-directory contract, acceptance runs, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import SHARED_IMAGES
+
+TINY = [
+    "backbone=random_vgg16",
+    "size=40",
+    "steps=4",
+    "log_every=2",
+    "save_every=2",
+    "progress=false",
+]
+
+
+def nst(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nst.app", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_clean_failure(p: subprocess.CompletedProcess, run_dir: Path, *needles: str) -> str:
+    assert p.returncode != 0, p.stdout
+    msg = p.stderr.strip()
+    assert len(msg.splitlines()) == 1, msg  # one line, no traceback
+    assert msg.startswith("nst: error:")
+    for n in needles:
+        assert n in msg, msg
+    assert not (run_dir / "result.png").exists()
+    assert not (run_dir / "summary.json").exists()
+    return msg
+
+
+def test_run_directory_contract(tmp_path, write_png):
+    c, s = write_png("c.png", 30, 40, 1), write_png("s.png", 50, 50, 2)
+    out = tmp_path / "run"
+    p = nst(f"content={c}", f"style={s}", *TINY, f"hydra.run.dir={out}")
+    assert p.returncode == 0, p.stderr
+    assert str(out / "result.png") in p.stdout
+    assert Image.open(out / "result.png").size == (40, 30)  # longest side = size
+    r = rows(out)
+    assert [x["step"] for x in r] == [0, 2, 4]
+    for key in (
+        "total",
+        "content",
+        "style",
+        "tv",
+        "sec_per_step",
+        "style/relu1_1",
+        "content/relu4_2",
+    ):
+        assert key in r[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["steps"] == 4
+    assert summary["backbone"]["arch"] == "vgg16" and summary["content"]["hw"] == [30, 40]
+    assert summary["final"]["total"] == pytest.approx(r[-1]["total"])
+    assert (out / ".hydra" / "config.yaml").exists()
+    assert sorted(x.name for x in (out / "snapshots").iterdir()) == ["step_000002.png"]
+
+
+@pytest.mark.skipif(not SHARED_IMAGES.is_dir(), reason="needs ../shared/images")
+def test_acceptance_tubingen_starry_night(tmp_path):
+    """Issue acceptance 2: real VGG16, 128 px, 60 steps; style loss falls >= 10x."""
+    out = tmp_path / "run"
+    p = nst(
+        f"content={SHARED_IMAGES / 'tubingen.jpg'}",
+        f"style={SHARED_IMAGES / 'starry_night.jpg'}",
+        "size=128",
+        "steps=60",
+        "progress=false",
+        f"hydra.run.dir={out}",
+    )
+    assert p.returncode == 0, p.stderr
+    r = rows(out)
+    assert r[-1]["step"] == 60 and r[-1]["style"] * 10 <= r[0]["style"]
+    assert max(Image.open(out / "result.png").size) == 128
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        ["optimizer=lbfgs"],
+        ["init=noise"],
+        ["backbone=random_vgg19"],
+        ["loss.gram_norm=paper"],
+        ["backbone.pooling=avg"],
+    ],
+    ids=lambda v: v[0],
+)
+def test_variants_reduce_total_loss(tmp_path, write_png, variant):
+    """Issue acceptance 3 (on random weights and tiny images, to stay fast)."""
+    c, s = write_png("c.png", 32, 48, 1), write_png("s.png", 48, 48, 2)
+    out = tmp_path / "run"
+    p = nst(
+        f"content={c}",
+        f"style={s}",
+        "backbone=random_vgg16",
+        "size=48",
+        "steps=8",
+        "progress=false",
+        "log_every=4",
+        *variant,
+        f"hydra.run.dir={out}",
+    )
+    assert p.returncode == 0, p.stderr
+    r = rows(out)
+    assert r[-1]["total"] < r[0]["total"]
+
+
+def test_same_seed_byte_identical_across_processes(tmp_path, write_png):
+    """Issue acceptance 4 (noise init, so the seed matters)."""
+    c, s = write_png("c.png", 32, 32, 1), write_png("s.png", 32, 32, 2)
+    outs = [tmp_path / "a", tmp_path / "b", tmp_path / "other_seed"]
+    for out, seed in zip(outs, [7, 7, 8], strict=True):
+        p = nst(
+            f"content={c}",
+            f"style={s}",
+            *TINY,
+            "init=noise",
+            f"seed={seed}",
+            f"hydra.run.dir={out}",
+        )
+        assert p.returncode == 0, p.stderr
+    data = [(o / "result.png").read_bytes() for o in outs]
+    assert data[0] == data[1]
+    assert data[0] != data[2]
+
+
+def test_vgg19_offline_without_weights_is_one_line(tmp_path, write_png):
+    """Issue acceptance 5: no network, no file -> one line naming URL, md5 and what to do."""
+    c = write_png("c.png")
+    out = tmp_path / "run"
+    p = nst(
+        f"content={c}",
+        f"style={c}",
+        "backbone=vgg19",
+        "size=32",
+        "steps=1",
+        f"hydra.run.dir={out}",
+        env={"NST_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    msg = assert_clean_failure(
+        p,
+        out,
+        "253f8cb515780f3b799900260a226db6",
+        "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "weights_path",
+    )
+    assert "http" in msg
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["content=/nonexistent/c.png"], ["/nonexistent/c.png", "no such file"]),
+        (["layers.style_layers={conv9_1: 1.0}"], ["conv9_1", "conv5_3"]),
+        (["size=0"], ["size"]),
+        (["size=8"], ["minimum", "16"]),
+        (["init=file"], ["init.path"]),
+        (["loss.beta=-1"], ["loss.beta"]),
+    ],
+    ids=[
+        "missing-file",
+        "unknown-layer",
+        "size-zero",
+        "too-small",
+        "init-file-no-path",
+        "neg-beta",
+    ],
+)
+def test_bad_input_one_line(tmp_path, write_png, args, needles):
+    c = write_png("c.png")
+    out = tmp_path / "run"
+    p = nst(f"content={c}", f"style={c}", *TINY, *args, f"hydra.run.dir={out}")
+    assert_clean_failure(p, out, *needles)
+
+
+def test_debug_shows_traceback(tmp_path):
+    p = nst("content=/nonexistent.png", *TINY, "debug=true", f"hydra.run.dir={tmp_path}")
+    assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_user_image_modes(tmp_path):
+    """Grayscale and RGBA user images run end to end as RGB."""
+    g = tmp_path / "g.png"
+    Image.fromarray((np.arange(40 * 40) % 251).reshape(40, 40).astype(np.uint8), "L").save(g)
+    a = tmp_path / "a.png"
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 128
+    Image.fromarray(rgba, "RGBA").save(a)
+    out = tmp_path / "run"
+    p = nst(f"content={g}", f"style={a}", *TINY, f"hydra.run.dir={out}")
+    assert p.returncode == 0, p.stderr
+    assert np.asarray(Image.open(out / "result.png")).shape == (40, 40, 3)

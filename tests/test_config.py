@@ -1,0 +1,96 @@
+"""Configs compose (every group option, experiments), and mistakes fail at compose time."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from nst.app import CONFIG_DIR
+from nst.config import register_configs
+from nst.run import specs_from_config
+
+register_configs()
+
+GROUPS = {
+    "backbone": ["vgg16", "vgg19", "random_vgg16", "random_vgg19"],
+    "layers": ["gatys2016", "gatys2016_relu", "lewuathe2017", "keras_tutorial", "custom"],
+    "loss": ["default", "paper"],
+    "optimizer": ["adam", "lbfgs", "sgd"],
+    "init": ["content", "noise", "style", "file"],
+    "experiment": ["quick"],
+}
+
+
+def _compose(overrides=(), hydra_cfg=False):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra_cfg)
+
+
+def test_default_config_contract():
+    cfg = _compose()
+    for key in ("content", "style", "size", "steps", "seed", "save_every"):
+        assert key in cfg
+    assert OmegaConf.to_container(cfg.layers.content_layers) == {"relu4_2": 1.0}
+    assert cfg.backbone.arch.value == "vgg16" and cfg.backbone.weights.value == "embedded"
+    assert {"alpha", "beta", "tv", "gram_norm"} <= set(cfg.loss)
+    backbone, loss, opt = specs_from_config(cfg)
+    assert loss.alpha == 1.0 and opt.name == "adam" and backbone.arch == "vgg16"
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_option_composes(group, option):
+    cfg = _compose([f"{group}={option}"], hydra_cfg=True)
+    assert cfg.hydra.runtime.choices[group] == option
+    if group == "experiment":
+        assert cfg.size == 128
+    if group == "init":
+        assert cfg.init.name.value == option
+        if option == "file":
+            assert cfg.init.path is None  # run() refuses this with a one-line message
+    if group == "optimizer":
+        assert specs_from_config(cfg)[2].name == option
+
+
+def test_gatys2016_preset_matches_paper():
+    cfg = _compose(["layers=gatys2016"])
+    assert dict(cfg.layers.content_layers) == {"conv4_2": 1.0}
+    assert dict(cfg.layers.style_layers) == {f"conv{i}_1": 0.2 for i in range(1, 6)}
+    lw = _compose(["layers=lewuathe2017"]).layers.style_layers
+    assert list(lw.values()) == [0.5, 1.0, 1.5, 3.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("loss.betta=1", "betta"),
+        ("optimizer=adamm", "adamm"),
+        ("backbone=resnet", "resnet"),
+        ("loss.gram_norm=l1", "paper, mean"),
+        ("backbone.pooling=min", "max, avg"),
+        ("steps=many", "steps"),
+    ],
+)
+def test_mistakes_fail_at_compose_time(override, message):
+    with pytest.raises(ConfigCompositionException) as e:
+        _compose([override])
+    assert message in str(e.value) or message in str(e.value.__cause__)
+
+
+def test_alpha_beta_override_reaches_spec():
+    cfg = _compose(["loss.alpha=2", "loss.beta=1e4", "loss.tv=0.5", "optimizer=lbfgs"])
+    _, loss, opt = specs_from_config(cfg)
+    assert (loss.alpha, loss.beta, loss.tv) == (2.0, 1e4, 0.5)
+    assert opt.name == "lbfgs" and opt.lr is None
+
+
+def test_layer_maps_accept_new_names_and_zero_drops():
+    cfg = _compose(["layers.style_layers={relu5_1: 0, relu3_2: 0.3}"])
+    _, loss, _ = specs_from_config(cfg)
+    assert "relu5_1" not in loss.style_layers and loss.style_layers["relu3_2"] == 0.3
+    cfg = _compose(
+        ["layers=custom", "layers.content_layers={conv4_2: 1}", "layers.style_layers={conv1_1: 1}"]
+    )
+    _, loss, _ = specs_from_config(cfg)
+    assert dict(loss.content_layers) == {"conv4_2": 1.0} and dict(loss.style_layers) == {
+        "conv1_1": 1.0
+    }
