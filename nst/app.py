@@ -5,29 +5,94 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from nst.config import register_configs
 from nst.errors import NstError
 
+if TYPE_CHECKING:
+    from nst.run import JobInfo
+
 # The configs/ tree at the repository root (the package is installed editable: pip install -e .).
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+class JobFailed(Exception):
+    """A sweep job stopped with a user-facing error: Hydra records it and runs the other jobs."""
+
+
+IGNORED_OVERRIDES = ("hydra.", "progress", "debug", "logger")
+
+
+def _swept_keys(hc: DictConfig) -> set[str]:
+    """Keys the sweep varies: sweep syntax on the `nst -m` command line (a,b / range() / choice())
+    or in hydra.sweeper.params (sweep= configs). Read from the sweep's multirun.yaml."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    keys = set(hc.sweeper.get("params") or {})
+    path = Path(hc.sweep.dir) / "multirun.yaml"
+    if path.exists():
+        task = list(OmegaConf.load(path).hydra.overrides.task)
+        for o in OverridesParser.create().parse_overrides(task):
+            if o.is_sweep_override():
+                keys.add(o.get_key_element().lstrip("+~"))
+    return keys
+
+
+def job_info(hc: DictConfig) -> JobInfo:
+    """Name, group and type of the job for trackers, from Hydra's runtime config. In a sweep the
+    name lists the swept values (``beta=1000,layers=gatys2016``) and the group is the sweep."""
+    from nst.run import JobInfo
+
+    pairs = [o.split("=", 1) for o in hc.overrides.task if "=" in o]
+    pairs = [
+        (k.lstrip("+~"), v) for k, v in pairs if not k.lstrip("+~").startswith(IGNORED_OVERRIDES)
+    ]
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = None
+    if multirun:
+        parts = Path(hc.sweep.dir).resolve().parts
+        group = "_".join(parts[-2:])  # e.g. 2026-11-23_04-20-00: one per `nst -m` invocation
+        swept = _swept_keys(hc)
+        named = [(k, v) for k, v in pairs if k in swept] or pairs
+    else:
+        named = pairs
+    name = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in named)
+    choices = {
+        k: str(v)
+        for k, v in hc.runtime.choices.items()
+        if not k.startswith("hydra") and v is not None
+    }
+    return JobInfo(
+        name=name or None,
+        group=group,
+        job_type=choices.get("experiment", "default"),
+        overrides=[f"{k}={v}" for k, v in pairs],
+        choices=choices,
+        num=hc.job.num if multirun else None,
+    )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     from nst.run import run  # after Hydra has parsed the command line: keeps --help fast
 
-    run_dir = HydraConfig.get().runtime.output_dir
+    hc = HydraConfig.get()
+    run_dir = hc.runtime.output_dir
     try:
-        summary = run(cfg, run_dir)
+        summary = run(cfg, run_dir, job_info(hc))
     except NstError as e:
         if cfg.get("debug", False):
             raise
-        print(f"nst: error: {e}", file=sys.stderr)
+        print(f"nst: error: {e}", file=sys.stderr, flush=True)
+        if hc.mode == RunMode.MULTIRUN:
+            raise JobFailed(str(e)) from None
         sys.exit(2)
     final = summary["final"]
     print(

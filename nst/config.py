@@ -7,6 +7,8 @@ contract other tools rely on (see the README).
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -48,6 +50,17 @@ class InitName(Enum):
     noise = "noise"
     style = "style"
     file = "file"
+
+
+class LoggerName(Enum):
+    none = "none"
+    wandb = "wandb"
+
+
+class WandbMode(Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
 
 
 class Distribution(Enum):
@@ -109,6 +122,16 @@ class InitConfig:
 
 
 @dataclass
+class LoggerConfig:
+    name: LoggerName = LoggerName.none
+    project: str = "nst"
+    entity: str | None = None
+    mode: WandbMode | None = None  # None: online when WANDB_API_KEY is set, else offline
+    tags: list[str] = field(default_factory=list)
+    log_images: bool = True
+
+
+@dataclass
 class NSTConfig:
     content: str = "sample:chelsea"
     style: str = "sample:ihc"
@@ -126,10 +149,23 @@ class NSTConfig:
     loss: LossConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     init: InitConfig = MISSING
+    logger: LoggerConfig = MISSING
+
+
+def safe_dirname(text: str, limit: int = 120) -> str:
+    """A sweep job's overrides as one directory name: path separators replaced, long names cut
+    and suffixed with a short hash so they stay unique (``${nst_dirname:...}`` in config.yaml)."""
+    name = str(text).replace(os.sep, "|").replace("/", "|") or "default"
+    if len(name) > limit:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[: limit - 9]}~{digest}"
+    return name
 
 
 def register_configs() -> None:
-    """Register ``nst_schema``, the typed base of ``configs/config.yaml``."""
+    """Register ``nst_schema``, the typed base of ``configs/config.yaml``, and the resolvers."""
+    if not OmegaConf.has_resolver("nst_dirname"):
+        OmegaConf.register_new_resolver("nst_dirname", safe_dirname)
     cs = ConfigStore.instance()
     node = OmegaConf.structured(NSTConfig)
     # Layer maps take any layer names (validated against the backbone in run.py). Lifting the

@@ -6,9 +6,13 @@ everything below (engine, losses, weights, images) takes arrays and plain values
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import platform
 import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ from nst.engine import BackboneSpec, LossSpec, stylize
 from nst.errors import ConfigError
 from nst.files import atomic_write_json
 from nst.optim import OptimizerSpec
-from nst.writers import LocalWriter
+from nst.writers import LocalWriter, MetricWriter, MultiWriter
 
 
 def _name(v: Any) -> str:
@@ -137,12 +141,73 @@ def check_size(arch: str, layers: list[str], hw: tuple[int, int], size: int) -> 
         )
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Run one job described by ``cfg``, writing everything into ``run_dir``; returns the summary."""
+@dataclass
+class JobInfo:
+    """What Hydra knows about the job, as plain values (built in nst/app.py)."""
+
+    name: str | None = None  # from the overrides, e.g. "beta=1000,layers=gatys2016"
+    group: str | None = None  # the sweep, shared by all jobs of one `nst -m`
+    job_type: str = "default"  # the experiment's name
+    overrides: list[str] = field(default_factory=list)
+    choices: dict[str, str] = field(default_factory=dict)  # config group -> option
+    num: int | None = None
+
+
+def make_writer(cfg: DictConfig, run_dir: Path, job: JobInfo) -> MetricWriter:
+    """Local files always; W&B in addition with ``logger=wandb`` (the core never imports it)."""
+    writers: list[MetricWriter] = [LocalWriter(run_dir)]
+    if _name(cfg.logger.name) == "wandb":
+        from nst.wandb_writer import WandbWriter, flatten
+
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        config = flatten(resolved)
+        config.update({g: c for g, c in job.choices.items() if g in resolved or g == "experiment"})
+        beta = float(cfg.loss.beta)
+        config["alpha_beta"] = float(cfg.loss.alpha) / beta if beta else float("inf")
+        config["overrides"] = ",".join(job.overrides)
+        lg = cfg.logger
+        w = WandbWriter.create(
+            run_dir=run_dir,
+            project=lg.project,
+            entity=lg.entity,
+            mode=None if lg.mode is None else _name(lg.mode),
+            tags=list(lg.tags),
+            name=job.name,
+            group=job.group,
+            job_type=job.job_type,
+            config=config,
+            log_images=bool(lg.log_images),
+        )
+        if w is not None:
+            writers.append(w)
+    return MultiWriter(writers)
+
+
+def run(cfg: DictConfig, run_dir: str | Path, job: JobInfo | None = None) -> dict[str, Any]:
+    """Run one job described by ``cfg``, writing everything into ``run_dir``; returns the summary.
+
+    On failure nothing claims success: no result.png/summary.json; ``error.json`` records the
+    message (the sweep report shows it) and the exception propagates.
+    """
+    run_dir = Path(run_dir)
+    try:
+        return _run(cfg, run_dir, job or JobInfo())
+    except BaseException as e:
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        msg = " ".join(str(e).split()) or type(e).__name__
+        # An unwritable run directory may itself be the error being reported.
+        with contextlib.suppress(OSError):
+            atomic_write_json(
+                run_dir / "error.json", {"status": status, "error": msg, "type": type(e).__name__}
+            )
+        raise
+
+
+def _run(cfg: DictConfig, run_dir: Path, job: JobInfo) -> dict[str, Any]:
     from nst.weights import resolve_params  # heavy (onnx, h5py): import only when running
 
     t0 = time.perf_counter()
-    run_dir = Path(run_dir)
+    started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
     size = int(cfg.size)
     if size <= 0:
         raise ConfigError(f"size must be a positive number of pixels, got {size}")
@@ -159,7 +224,6 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     style = images.resize_longest(style_raw, max(content.shape[:2]))
     check_size(backbone.arch, loss.style_layers or loss.layers, style.shape[:2], size)
 
-    init_path = cfg.init.path
     init = make_init(
         _name(cfg.init.name),
         content,
@@ -168,7 +232,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         distribution=_name(cfg.init.distribution),
         scale=float(cfg.init.scale),
         mix=float(cfg.init.mix),
-        path=init_path,
+        path=cfg.init.path,
         max_pixels=max_pixels,
     )
 
@@ -186,7 +250,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         dtype=backbone.dtype,
     )
 
-    writer = LocalWriter(run_dir)
+    writer = make_writer(cfg, run_dir, job)
+    exit_code = 1
     try:
         result = stylize(
             content,
@@ -203,42 +268,58 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             writer=writer,
             progress=bool(cfg.progress),
         )
+        wall = time.perf_counter() - t0
+        summary = {
+            "status": "ok",
+            "steps": result.steps,
+            "final": result.final_metrics,
+            "initial": result.initial_metrics,
+            "wall_s": wall,
+            "compile_s": result.compile_s,
+            "optimize_s": result.optimize_s,
+            "sec_per_step": result.sec_per_step,
+            "steps_per_s": 1.0 / result.sec_per_step if result.sec_per_step > 0 else None,
+            "backbone": {
+                "arch": backbone.arch,
+                "pooling": backbone.pooling,
+                "preprocessing": backbone.preprocessing,
+                **winfo,
+            },
+            "content": {
+                "path": str(images.resolve_path(cfg.content)),
+                "original_hw": list(content_raw.shape[:2]),
+                "hw": list(content.shape[:2]),
+            },
+            "style": {
+                "path": str(images.resolve_path(cfg.style)),
+                "original_hw": list(style_raw.shape[:2]),
+                "hw": list(style.shape[:2]),
+            },
+            "result": str(run_dir / "result.png"),
+            "seed": int(cfg.seed),
+            "started_at": started_at,
+            "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "pid": os.getpid(),
+            "job": {"name": job.name, "group": job.group, "overrides": job.overrides},
+            "versions": _versions(),
+            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        }
+        writer.write_images(result.steps, {"result": result.image})
+        writer.write_summary(
+            {
+                **{f"final/{k}": v for k, v in result.final_metrics.items()},
+                "wall_s": wall,
+                "steps": result.steps,
+                "steps_per_s": summary["steps_per_s"],
+                "compile_s": result.compile_s,
+            }
+        )
+        # result.png, then summary.json last: a summary means the run is complete.
+        images.save_image(result.image, run_dir / "result.png")
+        atomic_write_json(run_dir / "summary.json", summary)
+        exit_code = 0
     finally:
-        writer.close()
-
-    result_path = images.save_image(result.image, run_dir / "result.png")
-    summary = {
-        "status": "ok",
-        "steps": result.steps,
-        "final": result.final_metrics,
-        "initial": result.initial_metrics,
-        "wall_s": time.perf_counter() - t0,
-        "compile_s": result.compile_s,
-        "optimize_s": result.optimize_s,
-        "sec_per_step": result.sec_per_step,
-        "steps_per_s": 1.0 / result.sec_per_step if result.sec_per_step > 0 else None,
-        "backbone": {
-            "arch": backbone.arch,
-            "pooling": backbone.pooling,
-            "preprocessing": backbone.preprocessing,
-            **winfo,
-        },
-        "content": {
-            "path": str(images.resolve_path(cfg.content)),
-            "original_hw": list(content_raw.shape[:2]),
-            "hw": list(content.shape[:2]),
-        },
-        "style": {
-            "path": str(images.resolve_path(cfg.style)),
-            "original_hw": list(style_raw.shape[:2]),
-            "hw": list(style.shape[:2]),
-        },
-        "result": str(result_path),
-        "seed": int(cfg.seed),
-        "versions": _versions(),
-        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-    }
-    atomic_write_json(run_dir / "summary.json", summary)
+        writer.close(exit_code)
     return summary
 
 

@@ -26,8 +26,8 @@ class MetricWriter:
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Record the final summary of the run."""
 
-    def close(self) -> None:
-        """Flush and release resources; called once, also on failure."""
+    def close(self, exit_code: int = 0) -> None:
+        """Flush and release resources; called once, also on failure (``exit_code`` != 0)."""
 
 
 class MultiWriter(MetricWriter):
@@ -48,9 +48,9 @@ class MultiWriter(MetricWriter):
         for w in self.writers:
             w.write_summary(summary)
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         for w in self.writers:
-            w.close()
+            w.close(exit_code)
 
 
 class LocalWriter(MetricWriter):
@@ -71,7 +71,7 @@ class LocalWriter(MetricWriter):
         for name, img in images.items():
             save_image(img, self.run_dir / "snapshots" / f"{name}_{int(step):06d}.png")
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         self._f.close()
 
 

@@ -27,8 +27,12 @@ def triptych(run_dir: Path, height: int = 200) -> Image.Image:
     tiles = []
     for label, img in panels:
         h, w = img.shape[:2]
-        tile = Image.fromarray(images.to_uint8(images.resize_to(img, (height, round(w * height / h)))))
-        ImageDraw.Draw(tile).text((6, 4), label, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
+        tile = Image.fromarray(
+            images.to_uint8(images.resize_to(img, (height, round(w * height / h))))
+        )
+        ImageDraw.Draw(tile).text(
+            (6, 4), label, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0)
+        )
         tiles.append(tile)
     strip = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), height), "white")
     x = 0

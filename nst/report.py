@@ -1,0 +1,497 @@
+"""Local sweep report: contact sheet, self-contained HTML and CSV for a multirun directory.
+
+Written at the end of every ``nst -m`` (a Hydra callback) and on demand with
+``nst-report SWEEP_DIR``. A job is any subdirectory holding ``.hydra/overrides.yaml``; its status
+comes from ``summary.json`` (finished), ``error.json`` (failed, with the message) or neither
+(did not finish). Swept keys are the override keys whose values differ between jobs: the first
+two become the contact sheet's rows and columns, further ones facet it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from nst.files import atomic_write_bytes
+
+THUMB = 192
+SWEEP_EXCLUDE = ("hydra.", "progress", "debug")
+
+
+@dataclass
+class Job:
+    """One job of a sweep, as found on disk."""
+
+    dir: Path
+    num: int
+    overrides: dict[str, str]
+    status: str  # ok | failed | diverged | incomplete
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.summary.get("final", {})
+
+    @property
+    def result(self) -> Path | None:
+        p = self.dir / "result.png"
+        return p if p.exists() else None
+
+    def alpha_beta(self) -> float | None:
+        cfg = self.summary.get("config") or _hydra_config(self.dir)
+        try:
+            a, b = float(cfg["loss"]["alpha"]), float(cfg["loss"]["beta"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return a / b if b else math.inf
+
+    def metrics(self) -> list[dict[str, Any]]:
+        p = self.dir / "metrics.jsonl"
+        if not p.exists():
+            return []
+        rows = []
+        for line in p.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+        return rows
+
+
+def _read_overrides(path: Path) -> dict[str, str]:
+    from omegaconf import OmegaConf
+
+    out = {}
+    for item in OmegaConf.load(path):
+        key, _, value = str(item).partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def _hydra_config(job_dir: Path) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    p = job_dir / ".hydra" / "config.yaml"
+    return OmegaConf.to_container(OmegaConf.load(p)) if p.exists() else {}
+
+
+def find_jobs(sweep_dir: str | Path) -> list[Job]:
+    """Every job directory under ``sweep_dir`` (one level deep), ordered by job number."""
+    jobs = []
+    for d in sorted(Path(sweep_dir).iterdir()):
+        ov = d / ".hydra" / "overrides.yaml"
+        if not (d.is_dir() and ov.exists()):
+            continue
+        overrides = {
+            k: v for k, v in _read_overrides(ov).items() if not k.startswith(SWEEP_EXCLUDE)
+        }
+        num = _job_num(d)
+        summary, error, status = {}, "", "incomplete"
+        if (d / "summary.json").exists():
+            summary = json.loads((d / "summary.json").read_text())
+            status = summary.get("status", "ok")
+            error = summary.get("error", "")
+        elif (d / "error.json").exists():
+            err = json.loads((d / "error.json").read_text())
+            status, error = err.get("status", "failed"), err.get("error", "")
+        jobs.append(Job(d, num, overrides, status, summary, error))
+    return sorted(jobs, key=lambda j: (j.num, j.dir.name))
+
+
+def _job_num(d: Path) -> int:
+    head = d.name.split("_", 1)[0]
+    if head.isdigit():
+        return int(head)
+    try:
+        from omegaconf import OmegaConf
+
+        return int(OmegaConf.load(d / ".hydra" / "hydra.yaml").hydra.job.num)
+    except Exception:
+        return 0
+
+
+def swept_keys(jobs: list[Job]) -> list[str]:
+    """Override keys whose values differ between jobs, in command-line order."""
+    keys: list[str] = []
+    for j in jobs:
+        keys += [k for k in j.overrides if k not in keys]
+    return [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+
+
+def _sort_values(values: set[str | None]) -> list[str | None]:
+    def key(v):
+        try:
+            return (0, float(v), "")
+        except (TypeError, ValueError):
+            return (1, 0.0, str(v))
+
+    return sorted(values, key=key)
+
+
+def format_value(key: str, value: str | None) -> str:
+    """``loss.beta`` = ``1000.0`` -> ``beta=1000``, ``1e4`` -> ``beta=1e+04``, ``2.5e4`` ->
+    ``beta=2.5e+04``: short keys, compact numbers (e-notation outside 1e-3..1e4), never rounded
+    so far that two swept values share a label (facets are grouped by label)."""
+    short = key.rsplit(".", 1)[-1]
+    try:
+        f = float(value)  # type: ignore[arg-type]
+        if 1e-3 <= abs(f) < 1e4 or f == 0 or not math.isfinite(f):
+            text = f"{f:g}"
+        else:
+            mant, exp = f"{f:.5e}".split("e")
+            text = f"{mant.rstrip('0').rstrip('.')}e{exp}"
+    except (TypeError, ValueError):
+        text = str(value)
+    return f"{short}={text}"
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    """DejaVu Sans where installed (it has Greek letters), else Pillow's bundled font."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        pass
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _greek() -> bool:
+    try:
+        ImageFont.truetype("DejaVuSans.ttf", 10)
+        return True
+    except OSError:
+        return False
+
+
+AB = "α/β" if _greek() else "alpha/beta"
+
+
+def _thumb(job: Job, size: int) -> Image.Image:
+    tile = Image.new("RGB", (size, size), (235, 235, 235))
+    if job.result is not None and job.status == "ok":
+        im = Image.open(job.result).convert("RGB")
+        scale = size / max(im.size)  # fit the cell, upscaling small results too
+        im = im.resize(
+            (max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+            Image.Resampling.LANCZOS,
+        )
+        tile.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
+    else:
+        d = ImageDraw.Draw(tile)
+        d.rectangle([0, 0, size - 1, size - 1], outline=(200, 40, 40), width=4)
+        d.text((10, size // 2 - 20), job.status.upper(), fill=(200, 40, 40), font=_font(20))
+        d.text((10, size // 2 + 6), _wrap(job.error, 28)[:90], fill=(80, 0, 0), font=_font(11))
+    return tile
+
+
+def _wrap(text: str, width: int) -> str:
+    words, lines, cur = text.split(), [], ""
+    for w in words:
+        if len(cur) + len(w) + 1 > width and cur:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    return "\n".join([*lines, cur][:4])
+
+
+def grid_layout(jobs: list[Job], keys: list[str]) -> dict[str, Any]:
+    """Rows/cols/facets of the contact sheet: ``{"row_key", "col_key", "rows", "cols", "facets"}``
+    where ``facets`` maps a facet label to ``{(row_value, col_value): job}``."""
+    row_key = keys[0] if keys else None
+    col_key = keys[1] if len(keys) > 1 else None
+    facet_keys = keys[2:]
+    rows = _sort_values({j.overrides.get(row_key) for j in jobs}) if row_key else [None]
+    cols = _sort_values({j.overrides.get(col_key) for j in jobs}) if col_key else [None]
+    facets: dict[str, dict[tuple, Job]] = {}
+    for j in jobs:
+        label = ", ".join(format_value(k, j.overrides.get(k)) for k in facet_keys)
+        cell = (
+            j.overrides.get(row_key) if row_key else None,
+            j.overrides.get(col_key) if col_key else None,
+        )
+        facets.setdefault(label, {})[cell] = j
+    return {"row_key": row_key, "col_key": col_key, "rows": rows, "cols": cols, "facets": facets}
+
+
+def _axis_label(key: str | None, value: str | None, jobs: list[Job]) -> str:
+    if key is None:
+        return ""
+    text = format_value(key, value)
+    if key in ("loss.alpha", "loss.beta"):
+        ratios = {j.alpha_beta() for j in jobs if j.overrides.get(key) == value}
+        if len(ratios) == 1 and (r := ratios.pop()) is not None:
+            text += f"  ({AB}={r:.0e})"
+    return text
+
+
+def contact_sheet(jobs: list[Job], keys: list[str], thumb: int = THUMB) -> Image.Image:
+    """The result images in a grid: rows = first swept key, columns = second, facets below."""
+    lay = grid_layout(jobs, keys)
+    rows, cols = lay["rows"], lay["cols"]
+    pad, head_h = 8, 30
+    label_w = 190 if lay["row_key"] else 0
+    col_head = head_h if lay["col_key"] else 0
+    facet_head = head_h if len(lay["facets"]) > 1 or keys[2:] else 0
+    block_h = facet_head + col_head + len(rows) * (thumb + pad)
+    width = label_w + len(cols) * (thumb + pad) + pad
+    height = len(lay["facets"]) * block_h + pad
+    sheet = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(sheet)
+    font = _font(14)
+    y0 = pad
+    for label, cells in lay["facets"].items():
+        if facet_head:
+            d.text((pad, y0 + 6), label, fill=(0, 0, 0), font=_font(16))
+        yh = y0 + facet_head
+        for c, cv in enumerate(cols):
+            if lay["col_key"]:
+                x = label_w + pad + c * (thumb + pad)
+                d.text(
+                    (x + 4, yh + 8),
+                    _axis_label(lay["col_key"], cv, jobs),
+                    fill=(0, 0, 0),
+                    font=font,
+                )
+        for r, rv in enumerate(rows):
+            y = yh + col_head + r * (thumb + pad)
+            if lay["row_key"]:
+                d.text(
+                    (pad, y + thumb // 2 - 8),
+                    _axis_label(lay["row_key"], rv, jobs),
+                    fill=(0, 0, 0),
+                    font=font,
+                )
+            for c, cv in enumerate(cols):
+                job = cells.get((rv, cv))
+                if job is not None:
+                    sheet.paste(_thumb(job, thumb), (label_w + pad + c * (thumb + pad), y))
+        y0 += block_h
+    return sheet
+
+
+CSV_LOSSES = ("total", "content", "style", "tv")
+
+
+def summary_rows(jobs: list[Job], keys: list[str]) -> list[dict[str, Any]]:
+    """One row per job: job number, status, swept values, overrides, α/β, final losses, time."""
+    out = []
+    for j in jobs:
+        row: dict[str, Any] = {"job": j.num, "dir": j.dir.name, "status": j.status}
+        row.update({k: j.overrides.get(k, "") for k in keys})
+        row["overrides"] = ",".join(f"{k}={v}" for k, v in j.overrides.items())
+        ab = j.alpha_beta()
+        row["alpha_beta"] = "" if ab is None else f"{ab:.6g}"
+        for name in CSV_LOSSES:
+            v = j.final.get(name)
+            row[f"final_{name}"] = "" if v is None else v
+        row["steps"] = j.summary.get("steps", "")
+        row["wall_s"] = round(j.summary["wall_s"], 2) if "wall_s" in j.summary else ""
+        row["error"] = j.error
+        out.append(row)
+    return out
+
+
+def _svg_curves(job: Job, width: int = 260, height: int = 90) -> str:
+    rows = [r for r in job.metrics() if isinstance(r.get("total"), int | float) and r["total"] > 0]
+    if len(rows) < 2:
+        return "<em>no curve</em>"
+    steps = np.array([r["step"] for r in rows], float)
+    paths = []
+    colors = {"total": "#222", "content": "#1f77b4", "style": "#d62728"}
+    vals_all = [
+        np.log10(max(r[k], 1e-30))
+        for r in rows
+        for k in colors
+        if isinstance(r.get(k), int | float) and r[k] > 0
+    ]
+    lo, hi = min(vals_all), max(vals_all)
+    span_x = max(steps.max() - steps.min(), 1)
+    for k, color in colors.items():
+        pts = [
+            (s, r[k])
+            for s, r in zip(steps, rows, strict=True)
+            if isinstance(r.get(k), int | float) and r[k] > 0
+        ]
+        if len(pts) < 2:
+            continue
+        xy = " ".join(
+            f"{4 + (s - steps.min()) / span_x * (width - 8):.1f},"
+            f"{height - 4 - (np.log10(v) - lo) / max(hi - lo, 1e-9) * (height - 8):.1f}"
+            for s, v in pts
+        )
+        paths.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{xy}"/>')
+    return (
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'style="background:#fafafa;border:1px solid #ddd">{"".join(paths)}</svg>'
+    )
+
+
+def _data_uri(img: Image.Image, fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def html_report(sweep_dir: Path, jobs: list[Job], keys: list[str], sheet: Image.Image) -> str:
+    """A single self-contained HTML page: contact sheet, one row per job with thumbnail, final
+    losses and loss curves (log scale: total black, content blue, style red)."""
+    rows = summary_rows(jobs, keys)
+    head = "".join(
+        f"<th>{html.escape(h)}</th>"
+        for h in [
+            "job",
+            "status",
+            *keys,
+            "α/β",
+            "total",
+            "content",
+            "style",
+            "tv",
+            "wall s",
+            "result",
+            "losses (log)",
+        ]
+    )
+    body = []
+    for j, r in zip(jobs, rows, strict=True):
+        thumb = _thumb(j, 128)
+        cls = "" if j.status == "ok" else ' class="bad"'
+        cells = [
+            str(j.num),
+            html.escape(j.status)
+            + (f"<br><small>{html.escape(j.error)}</small>" if j.error else ""),
+        ]
+        cells += [html.escape(str(r[k])) for k in keys]
+        cells += (
+            [r["alpha_beta"]] + [_fmt(r[f"final_{n}"]) for n in CSV_LOSSES] + [str(r["wall_s"])]
+        )
+        cells += [f'<img src="{_data_uri(thumb, "JPEG")}" width="128">', _svg_curves(j)]
+        body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    n_bad = sum(j.status != "ok" for j in jobs)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>nst sweep {html.escape(sweep_dir.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ddd; padding: 4px 8px; vertical-align: middle; }}
+th {{ background: #f3f3f3; }} tr.bad td {{ background: #fdecea; }} small {{ color: #900; }}
+</style></head><body>
+<h1>nst sweep: {html.escape(str(sweep_dir))}</h1>
+<p>{len(jobs)} jobs, {len(jobs) - n_bad} finished, {n_bad} failed or unfinished. Swept: {html.escape(", ".join(keys) or "nothing")}.</p>
+<img src="{_data_uri(sheet)}" style="max-width:100%">
+<h2>Jobs</h2>
+<table><tr>{head}</tr>
+{"".join(body)}
+</table></body></html>
+"""
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, int | float) else str(v)
+
+
+def build_report(sweep_dir: str | Path) -> dict[str, Any]:
+    """Write ``contact_sheet.png``, ``report.html`` and ``summary.csv`` into ``sweep_dir``."""
+    sweep_dir = Path(sweep_dir)
+    jobs = find_jobs(sweep_dir)
+    if not jobs:
+        raise FileNotFoundError(
+            f"{sweep_dir}: no job directories (with .hydra/overrides.yaml) found"
+        )
+    keys = swept_keys(jobs)
+    sheet = contact_sheet(jobs, keys)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    atomic_write_bytes(sweep_dir / "contact_sheet.png", buf.getvalue())
+    atomic_write_bytes(
+        sweep_dir / "report.html", html_report(sweep_dir, jobs, keys, sheet).encode()
+    )
+    rows = summary_rows(jobs, keys)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(sweep_dir / "summary.csv", out.getvalue().encode())
+    failed = [j for j in jobs if j.status != "ok"]
+    return {
+        "jobs": len(jobs),
+        "failed": [j.dir.name for j in failed],
+        "keys": keys,
+        "contact_sheet": str(sweep_dir / "contact_sheet.png"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``nst-report SWEEP_DIR``: (re)build the report of a sweep directory."""
+    p = argparse.ArgumentParser(
+        prog="nst-report",
+        description="Build the contact sheet, HTML report and CSV of an nst sweep.",
+    )
+    p.add_argument("sweep_dir", type=Path)
+    a = p.parse_args(argv)
+    try:
+        info = build_report(a.sweep_dir)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        print(f"nst-report: error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"nst-report: {info['jobs']} jobs, swept {', '.join(info['keys']) or 'nothing'}; "
+        f"wrote {a.sweep_dir}/contact_sheet.png, report.html, summary.csv"
+    )
+    if info["failed"]:
+        print(f"nst-report: failed or unfinished: {', '.join(info['failed'])}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - hydra is a dependency
+    Callback = object  # type: ignore[misc,assignment]
+
+
+class ReportCallback(Callback):
+    """Hydra callback (configs/config.yaml): rebuild the sweep report after every job, so it is
+    current even when a later job fails or the sweep is interrupted, and once more at the end."""
+
+    def on_job_end(self, config, job_return=None, **kwargs) -> None:
+        from hydra.types import RunMode
+
+        hc = config.hydra
+        if hc.mode == RunMode.MULTIRUN:
+            self._build(hc.sweep.dir, quiet=True)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        self._build(config.hydra.sweep.dir, quiet=False)
+
+    @staticmethod
+    def _build(sweep_dir: str, quiet: bool) -> None:
+        try:
+            info = build_report(sweep_dir)
+        except Exception as e:  # noqa: BLE001 - a report problem must not fail the sweep
+            print(
+                f"nst: warning: sweep report not written ({type(e).__name__}: {e})", file=sys.stderr
+            )
+            return
+        if not quiet:
+            print(
+                f"nst: sweep report: {info['contact_sheet']}, {sweep_dir}/report.html, {sweep_dir}/summary.csv"
+            )

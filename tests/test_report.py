@@ -1,0 +1,461 @@
+"""Sweep report (nst/report.py): fabricated job directories -> contact sheet, HTML and CSV.
+
+Every finished job's result.png is a solid colour derived from its job number, so the contact
+sheet can be checked cell by cell by sampling the centre of each expected thumbnail.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nst import report
+from nst.report import THUMB, build_report, contact_sheet, find_jobs, format_value, swept_keys
+
+PAD, HEAD, LABEL_W = 8, 30, 190  # the geometry used by report.contact_sheet
+RED = (200, 40, 40)  # outline of a failed / unfinished thumbnail
+SMALL = 32  # thumbnail size for direct contact_sheet calls (fast)
+
+
+def colour(num: int) -> tuple[int, int, int]:
+    """A distinct, saturated colour per job number (never grey, white or the failure red)."""
+    r, g, b = colorsys.hsv_to_rgb(((num * 5) % 24 + 0.5) / 24, 0.9, 0.85)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def make_job(
+    sweep: Path,
+    num: int,
+    overrides: dict[str, str],
+    *,
+    status: str = "ok",
+    error: str = "boom",
+    alpha: float = 1.0,
+    beta: float = 100.0,
+    metrics: bool = True,
+) -> Path:
+    """A job directory as an ``nst -m`` run leaves it: ok (summary.json, result.png,
+    metrics.jsonl), failed (error.json) or incomplete (neither)."""
+    name = f"{num}_" + ",".join(f"{k}={v}" for k, v in overrides.items())
+    d = sweep / name
+    (d / ".hydra").mkdir(parents=True)
+    items = [f"{k}={v}" for k, v in overrides.items()]
+    (d / ".hydra" / "overrides.yaml").write_text(json.dumps(items))  # JSON is YAML
+    if status == "ok":
+        final = {"total": 10.0 + num, "content": 1.0 + num, "style": 2.0 + num, "tv": 0.5}
+        summary = {
+            "status": "ok",
+            "steps": 10,
+            "final": final,
+            "wall_s": 1.234 + num,
+            "config": {"loss": {"alpha": alpha, "beta": beta}},
+        }
+        (d / "summary.json").write_text(json.dumps(summary))
+        Image.new("RGB", (24, 16), colour(num)).save(d / "result.png")
+        if metrics:
+            lines = [
+                json.dumps(
+                    {
+                        "step": s,
+                        "total": 100 / (s + 1),
+                        "content": 10 / (s + 1),
+                        "style": 90 / (s + 1),
+                    }
+                    | {"tv": 0.1}
+                )
+                for s in range(0, 10, 2)
+            ]
+            lines.append('{"step": 10, "tot')  # a line cut by a crash is skipped
+            (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    elif status == "failed":
+        (d / "error.json").write_text(
+            json.dumps({"status": "failed", "error": error, "type": "ImageError"})
+        )
+        # no summary.json: alpha/beta comes from the saved Hydra config
+        (d / ".hydra" / "config.yaml").write_text(
+            json.dumps({"loss": {"alpha": alpha, "beta": beta}})
+        )
+    else:
+        assert status == "incomplete"
+    return d
+
+
+def grid_sweep(
+    sweep: Path, axes: list[tuple[str, list[str]]], const: dict | None = None
+) -> dict[tuple[str, ...], int]:
+    """One job per combination of ``axes`` (first axis slowest, like Hydra's basic sweeper);
+    returns {values: job number}."""
+    import itertools
+
+    nums = {}
+    for num, values in enumerate(itertools.product(*(v for _, v in axes))):
+        ov = {k: v for (k, _), v in zip(axes, values, strict=True)} | (const or {})
+        make_job(sweep, num, ov)
+        nums[values] = num
+    return nums
+
+
+def geometry(lay: dict, keys: list[str], thumb: int):
+    label_w = LABEL_W if lay["row_key"] else 0
+    col_head = HEAD if lay["col_key"] else 0
+    facet_head = HEAD if len(lay["facets"]) > 1 or keys[2:] else 0
+    block_h = facet_head + col_head + len(lay["rows"]) * (thumb + PAD)
+    return label_w, col_head, facet_head, block_h
+
+
+def cell_centre(lay: dict, keys: list[str], r: int, c: int, f: int = 0, thumb: int = SMALL):
+    label_w, col_head, facet_head, block_h = geometry(lay, keys, thumb)
+    x = label_w + PAD + c * (thumb + PAD)
+    y = PAD + f * block_h + facet_head + col_head + r * (thumb + PAD)
+    return x + thumb // 2, y + thumb // 2
+
+
+def cell_origin(lay: dict, keys: list[str], r: int, c: int, f: int = 0, thumb: int = SMALL):
+    cx, cy = cell_centre(lay, keys, r, c, f, thumb)
+    return cx - thumb // 2, cy - thumb // 2
+
+
+def close(px, rgb, tol: int = 6) -> bool:
+    return all(abs(int(a) - int(b)) <= tol for a, b in zip(px[:3], rgb, strict=True))
+
+
+def sheet_of(sweep: Path, thumb: int = SMALL):
+    jobs = find_jobs(sweep)
+    keys = swept_keys(jobs)
+    return jobs, keys, report.grid_layout(jobs, keys), contact_sheet(jobs, keys, thumb=thumb)
+
+
+# --- swept keys, ordering, labels ----------------------------------------------------------
+
+
+def test_swept_keys_only_differing_keys_in_command_line_order(tmp_path):
+    common = {"size": "64", "progress": "false", "hydra.launcher.n_jobs": "2"}
+    make_job(tmp_path, 0, {"loss.beta": "100", "size": "64", "layers": "a"} | common)
+    make_job(tmp_path, 1, {"loss.beta": "1000", "size": "64", "layers": "b"} | common)
+    make_job(tmp_path, 2, {"loss.beta": "100", "size": "64", "layers": "b", "+seed": "3"})
+    jobs = find_jobs(tmp_path)
+    assert [j.num for j in jobs] == [0, 1, 2]
+    assert "seed" in jobs[2].overrides  # the +/~ prefix is stripped
+    assert all(not k.startswith(("hydra.", "progress")) for j in jobs for k in j.overrides)
+    # size is constant; seed is set in one job only, so it differs too
+    assert swept_keys(jobs) == ["loss.beta", "layers", "seed"]
+    assert swept_keys(jobs[:1]) == []  # a single job sweeps nothing
+
+
+def test_jobs_ordered_by_number_not_name(tmp_path):
+    for n in (10, 2, 1):
+        make_job(tmp_path, n, {"loss.beta": str(n)})
+    (tmp_path / "multirun.yaml").write_text("{}\n")  # files and non-job dirs are ignored
+    (tmp_path / ".submitit").mkdir()
+    assert [j.num for j in find_jobs(tmp_path)] == [1, 2, 10]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "text"),
+    [
+        ("loss.beta", "1000.0", "beta=1000"),
+        ("loss.beta", "100", "beta=100"),
+        ("loss.beta", "1e4", "beta=1e+04"),
+        ("loss.beta", "100000", "beta=1e+05"),
+        ("loss.beta", "2.5e4", "beta=2.5e+04"),  # not rounded to 2e+04
+        ("loss.beta", "1.5e4", "beta=1.5e+04"),
+        ("optim.lr", "0.0001", "lr=1e-04"),
+        ("optim.lr", "0.02", "lr=0.02"),
+        ("loss.tv_weight", "0", "tv_weight=0"),
+        ("loss.alpha", "-2e-6", "alpha=-2e-06"),
+        ("layers", "gatys2016", "layers=gatys2016"),
+        ("seed", None, "seed=None"),
+    ],
+)
+def test_format_value(key, value, text):
+    assert format_value(key, value) == text
+
+
+# --- contact sheet ---------------------------------------------------------------------------
+
+
+def test_two_keys_grid_rows_sorted_numerically_each_cell_right_job(tmp_path):
+    betas = ["1e4", "100.0", "20", "1000"]  # string order would be 100.0, 1000, 1e4, 20
+    layers = ["b", "a"]
+    nums = grid_sweep(tmp_path, [("loss.beta", betas), ("layers", layers)], {"size": "64"})
+    jobs, keys, lay, sheet = sheet_of(tmp_path)
+    assert keys == ["loss.beta", "layers"]
+    assert lay["row_key"] == "loss.beta" and lay["col_key"] == "layers"
+    assert lay["rows"] == ["20", "100.0", "1000", "1e4"]
+    assert lay["cols"] == ["a", "b"]
+    assert list(lay["facets"]) == [""]  # no facet key
+    assert sheet.size == (
+        LABEL_W + 2 * (SMALL + PAD) + PAD,
+        HEAD + 4 * (SMALL + PAD) + PAD,
+    )
+    for r, beta in enumerate(lay["rows"]):
+        for c, layer in enumerate(lay["cols"]):
+            px = sheet.getpixel(cell_centre(lay, keys, r, c))
+            assert close(px, colour(nums[(beta, layer)])), (beta, layer, px)
+    # the row-label gutter and the column header hold no thumbnail
+    assert sheet.getpixel((LABEL_W - 2, PAD + HEAD + SMALL // 2)) != colour(0)
+
+
+def test_sheet_grows_with_rows_and_cols(tmp_path):
+    sizes = {}
+    for n_rows, n_cols in [(2, 2), (3, 2), (2, 3), (3, 3)]:
+        sweep = tmp_path / f"{n_rows}x{n_cols}"
+        rows = [str(10**i) for i in range(n_rows)]
+        cols = [f"L{i}" for i in range(n_cols)]
+        grid_sweep(sweep, [("loss.beta", rows), ("layers", cols)])
+        jobs, keys, lay, sheet = sheet_of(sweep)
+        assert (len(lay["rows"]), len(lay["cols"])) == (n_rows, n_cols)
+        sizes[n_rows, n_cols] = sheet.size
+    step = SMALL + PAD
+    assert sizes[3, 2] == (sizes[2, 2][0], sizes[2, 2][1] + step)
+    assert sizes[2, 3] == (sizes[2, 2][0] + step, sizes[2, 2][1])
+    assert sizes[3, 3] == (sizes[2, 2][0] + step, sizes[2, 2][1] + step)
+
+
+def test_missing_combination_leaves_cell_blank(tmp_path):
+    make_job(tmp_path, 0, {"loss.beta": "100", "layers": "a"})
+    make_job(tmp_path, 1, {"loss.beta": "100", "layers": "b"})
+    make_job(tmp_path, 2, {"loss.beta": "1000", "layers": "a"})
+    jobs, keys, lay, sheet = sheet_of(tmp_path)
+    assert close(sheet.getpixel(cell_centre(lay, keys, 1, 0)), colour(2))
+    assert sheet.getpixel(cell_centre(lay, keys, 1, 1)) == (255, 255, 255)
+
+
+def test_one_key_single_column(tmp_path):
+    nums = grid_sweep(tmp_path, [("loss.beta", ["1000", "10", "100"])], {"size": "64"})
+    jobs, keys, lay, sheet = sheet_of(tmp_path)
+    assert keys == ["loss.beta"]
+    assert lay["col_key"] is None and lay["cols"] == [None]
+    assert lay["rows"] == ["10", "100", "1000"]
+    # no column header, one thumbnail column
+    assert sheet.size == (LABEL_W + SMALL + 2 * PAD, 3 * (SMALL + PAD) + PAD)
+    for r, beta in enumerate(lay["rows"]):
+        assert close(sheet.getpixel(cell_centre(lay, keys, r, 0)), colour(nums[(beta,)]))
+
+
+def test_no_swept_key_single_cell(tmp_path):
+    make_job(tmp_path, 0, {"size": "64"})
+    jobs, keys, lay, sheet = sheet_of(tmp_path)
+    assert keys == []
+    assert sheet.size == (SMALL + 2 * PAD, SMALL + 2 * PAD)
+    assert close(sheet.getpixel((PAD + SMALL // 2, PAD + SMALL // 2)), colour(0))
+
+
+def test_three_keys_facets(tmp_path):
+    axes = [("loss.beta", ["100", "1000"]), ("layers", ["a", "b", "c"]), ("style", ["s1", "s2"])]
+    nums = grid_sweep(tmp_path, axes, {"size": "64"})
+    jobs, keys, lay, sheet = sheet_of(tmp_path)
+    assert keys == ["loss.beta", "layers", "style"]
+    assert list(lay["facets"]) == ["style=s1", "style=s2"]
+    label_w, col_head, facet_head, block_h = geometry(lay, keys, SMALL)
+    assert facet_head == HEAD
+    assert block_h == 2 * HEAD + 2 * (SMALL + PAD)
+    assert sheet.size == (LABEL_W + 3 * (SMALL + PAD) + PAD, 2 * block_h + PAD)
+    for f, style in enumerate(["s1", "s2"]):
+        for r, beta in enumerate(lay["rows"]):
+            for c, layer in enumerate(lay["cols"]):
+                px = sheet.getpixel(cell_centre(lay, keys, r, c, f))
+                assert close(px, colour(nums[(beta, layer, style)])), (style, beta, layer)
+
+    # one facet more -> one block taller, same width
+    more = tmp_path / "more"
+    axes[2] = ("style", ["s1", "s2", "s3"])
+    grid_sweep(more, axes)
+    *_, sheet3 = sheet_of(more)
+    assert sheet3.size == (sheet.size[0], sheet.size[1] + block_h)
+
+
+def test_facets_of_close_values_stay_apart(tmp_path):
+    # 1.2e4 and 1.4e4 used to share the label "beta=1e+04", merging two facets into one
+    # and dropping half of the jobs from the sheet.
+    axes = [("layers", ["a", "b"]), ("size", ["32", "64"]), ("loss.beta", ["1.2e4", "1.4e4"])]
+    nums = grid_sweep(tmp_path, axes)
+    jobs, keys, lay, sheet = sheet_of(tmp_path)
+    assert list(lay["facets"]) == ["beta=1.2e+04", "beta=1.4e+04"]
+    assert sum(len(cells) for cells in lay["facets"].values()) == len(jobs) == 8
+    for f, beta in enumerate(["1.2e4", "1.4e4"]):
+        px = sheet.getpixel(cell_centre(lay, keys, 1, 1, f))
+        assert close(px, colour(nums[("b", "64", beta)]))
+
+
+# --- failed / incomplete jobs, CSV, HTML ---------------------------------------------------
+
+
+@pytest.fixture
+def mixed_sweep(tmp_path):
+    """2x2 sweep over loss.beta x layers: job 1 failed, job 2 never finished."""
+    sweep = tmp_path / "multirun" / "2024-01-01" / "12-00-00"
+    msg = "content image <c.png> is not an image: cannot identify image file"
+    make_job(sweep, 0, {"loss.beta": "100", "layers": "a", "size": "64"}, beta=100.0)
+    make_job(
+        sweep,
+        1,
+        {"loss.beta": "100", "layers": "b", "size": "64"},
+        status="failed",
+        error=msg,
+        alpha=2.0,
+        beta=100.0,
+    )
+    make_job(sweep, 2, {"loss.beta": "1000", "layers": "a", "size": "64"}, status="incomplete")
+    make_job(
+        sweep, 3, {"loss.beta": "1000", "layers": "b", "size": "64"}, beta=1000.0, metrics=False
+    )
+    return sweep, msg
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_failed_and_incomplete_jobs_in_sheet(mixed_sweep):
+    sweep, msg = mixed_sweep
+    info = build_report(sweep)
+    assert info["jobs"] == 4
+    assert info["keys"] == ["loss.beta", "layers"]
+    assert info["failed"] == [p.name for p in sorted(sweep.iterdir()) if p.name[:2] in ("1_", "2_")]
+    sheet = Image.open(info["contact_sheet"]).convert("RGB")
+    jobs = find_jobs(sweep)
+    assert [j.status for j in jobs] == ["ok", "failed", "incomplete", "ok"]
+    assert jobs[1].error == msg
+    keys, lay = info["keys"], report.grid_layout(jobs, info["keys"])
+    label_w, col_head, facet_head, block_h = geometry(lay, keys, THUMB)
+    assert sheet.size == (LABEL_W + 2 * (THUMB + PAD) + PAD, HEAD + 2 * (THUMB + PAD) + PAD)
+    for (r, c), num in {(0, 0): 0, (0, 1): 1, (1, 0): 2, (1, 1): 3}.items():
+        centre = cell_centre(lay, keys, r, c, thumb=THUMB)
+        x0, y0 = cell_origin(lay, keys, r, c, thumb=THUMB)
+        edge = sheet.getpixel((x0 + 1, y0 + THUMB // 2))
+        if num in (0, 3):
+            assert close(sheet.getpixel(centre), colour(num))
+            assert close(edge, colour(num))
+        else:  # FAILED / INCOMPLETE tile: red outline, not the job's colour, red text inside
+            assert not close(sheet.getpixel(centre), colour(num))
+            assert close(edge, RED, tol=10), edge
+            tile = np.asarray(sheet.crop((x0 + 6, y0 + 6, x0 + THUMB - 6, y0 + THUMB - 6)))
+            reddish = (tile[..., 0] > 150) & (tile[..., 1] < 120) & (tile[..., 2] < 120)
+            assert reddish.sum() > 20  # the status word
+
+
+def test_summary_csv(mixed_sweep):
+    sweep, msg = mixed_sweep
+    build_report(sweep)
+    rows = read_csv(sweep / "summary.csv")
+    assert len(rows) == 4
+    assert list(rows[0])[:5] == ["job", "dir", "status", "loss.beta", "layers"]
+    assert "size" not in rows[0]  # constant override: not a column ...
+    assert "size=64" in rows[0]["overrides"]  # ... but kept in the overrides
+    assert [r["job"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["status"] for r in rows] == ["ok", "failed", "incomplete", "ok"]
+    assert [(r["loss.beta"], r["layers"]) for r in rows] == [
+        ("100", "a"),
+        ("100", "b"),
+        ("1000", "a"),
+        ("1000", "b"),
+    ]
+    ok0, failed, incomplete, ok3 = rows
+    assert float(ok0["alpha_beta"]) == pytest.approx(1 / 100)
+    assert float(ok3["alpha_beta"]) == pytest.approx(1 / 1000)
+    assert float(failed["alpha_beta"]) == pytest.approx(2 / 100)  # from .hydra/config.yaml
+    assert incomplete["alpha_beta"] == ""
+    assert [float(ok0[f"final_{k}"]) for k in ("total", "content", "style", "tv")] == [
+        10.0,
+        1.0,
+        2.0,
+        0.5,
+    ]
+    assert float(ok3["final_total"]) == 13.0
+    assert ok0["steps"] == "10" and float(ok0["wall_s"]) == pytest.approx(1.23)
+    assert failed["error"] == msg and failed["final_total"] == "" and failed["wall_s"] == ""
+    assert ok0["error"] == incomplete["error"] == ""
+
+
+def test_html_is_self_contained(mixed_sweep):
+    sweep, msg = mixed_sweep
+    build_report(sweep)
+    page = (sweep / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>")
+    assert 'src="http' not in page and "http://" not in page and "https://" not in page
+    assert "<link" not in page and "<script" not in page and "url(" not in page
+    refs = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert refs and all(r.startswith("data:image/") for r in refs)
+    assert page.count("data:image/png;base64,") == 1  # the contact sheet
+    assert page.count("data:image/jpeg;base64,") == 4  # a thumbnail per job
+    assert page.count("<svg") == 1  # only job 0 has metrics
+    assert page.count("<polyline") == 3  # total, content, style
+    assert page.count("no curve") == 3
+    # the error message, escaped, and the statuses
+    assert "content image &lt;c.png&gt; is not an image" in page
+    assert msg not in page
+    assert "failed" in page and "incomplete" in page
+    assert page.count('<tr class="bad">') == 2
+    assert "4 jobs, 2 finished, 2 failed or unfinished" in page
+    # the embedded contact sheet is the one written beside it
+    import base64
+
+    b64 = re.search(r'data:image/png;base64,([^"]+)"', page).group(1)
+    assert base64.b64decode(b64) == (sweep / "contact_sheet.png").read_bytes()
+
+
+# --- build_report / CLI ----------------------------------------------------------------------
+
+
+def test_build_report_without_jobs(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        build_report(tmp_path)
+    (tmp_path / "not_a_job").mkdir()  # no .hydra/overrides.yaml
+    (tmp_path / "multirun.yaml").write_text("{}\n")
+    with pytest.raises(FileNotFoundError, match="no job directories"):
+        build_report(tmp_path)
+    assert not (tmp_path / "summary.csv").exists()
+
+
+def test_main_exit_codes(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert report.main([str(empty)]) == 2
+    assert "nst-report: error:" in capsys.readouterr().err
+    assert report.main([str(tmp_path / "missing")]) == 2
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    assert report.main([str(afile)]) == 2
+    capsys.readouterr()
+
+    sweep = tmp_path / "sweep"
+    grid_sweep(sweep, [("loss.beta", ["100", "1000"])])
+    assert report.main([str(sweep)]) == 0
+    out = capsys.readouterr()
+    assert "2 jobs, swept loss.beta" in out.out and out.err == ""
+    for name in ("contact_sheet.png", "report.html", "summary.csv"):
+        assert (sweep / name).stat().st_size > 0
+    assert not list(sweep.glob(".*.tmp"))  # atomic writes leave no temp files
+
+    make_job(sweep, 2, {"loss.beta": "1e4"}, status="failed")
+    assert report.main([str(sweep)]) == 0  # a failed job is reported, not an error
+    assert "failed or unfinished: 2_loss.beta=1e4" in capsys.readouterr().err
+    assert len(read_csv(sweep / "summary.csv")) == 3  # rebuilt in place
+
+
+def test_console_script(tmp_path):
+    exe = Path(sys.executable).with_name("nst-report")
+    script = str(exe) if exe.exists() else shutil.which("nst-report")
+    assert script, "nst-report console script is not installed (pip install -e .)"
+    sweep = tmp_path / "sweep"
+    grid_sweep(sweep, [("loss.beta", ["100", "1000"]), ("layers", ["a", "b"])])
+    p = subprocess.run([script, str(sweep)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "4 jobs" in p.stdout
+    for name in ("contact_sheet.png", "report.html", "summary.csv"):
+        assert (sweep / name).is_file()
+    assert len(read_csv(sweep / "summary.csv")) == 4
+    p = subprocess.run([script, str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert p.returncode == 2 and "nst-report: error:" in p.stderr

@@ -1,0 +1,175 @@
+"""Sweeps through the real `nst -m`: W&B offline runs grouped per sweep, the local report,
+launchers (joblib, submitit local), and jobs that fail without stopping the sweep."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from nst.report import find_jobs, grid_layout, swept_keys
+from tests.test_cli import nst
+
+FAST = [
+    "size=40",
+    "steps=4",
+    "log_every=2",
+    "save_every=2",
+    "backbone=random_vgg16",
+    "progress=false",
+]
+
+
+def _wandb_records(run_dir: Path) -> list[dict]:
+    out = subprocess.run(
+        ["wandb", "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def _csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_wandb_offline_sweep_acceptance(tmp_path):
+    """Issue acceptance 1 (steps shortened): 4 offline W&B runs in one group, 2x2 sheet, report."""
+    sweep = tmp_path / "sweep"
+    p = nst(
+        "-m",
+        "size=64",
+        "steps=10",
+        "backbone=random_vgg16",
+        "loss.beta=1e2,1e4",
+        "layers=gatys2016,lewuathe2017",
+        "logger=wandb",
+        "logger.mode=offline",
+        f"hydra.sweep.dir={sweep}",
+        "progress=false",
+    )
+    assert p.returncode == 0, p.stderr
+    run_dirs = sorted(sweep.glob("*/wandb/offline-run-*"))
+    assert len(run_dirs) == 4
+    groups, names = set(), set()
+    for rd in run_dirs:
+        recs = _wandb_records(rd)
+        run = next(r["run"] for r in recs if r.get("type") == "run")
+        groups.add(run["run_group"])
+        names.add(run["display_name"])
+        cfg = json.loads(json.dumps(run["config"]))
+        text = json.dumps(cfg)
+        assert '"loss.beta"' in text and '"layers"' in text and '"alpha_beta"' in text
+        steps = [r["history"]["item"]["_step"] for r in recs if r.get("type") == "history"]
+        assert steps == [0, 10]
+    assert len(groups) == 1
+    assert names == {
+        f"beta={b},layers={layer}"
+        for b in ("100.0", "10000.0")
+        for layer in ("gatys2016", "lewuathe2017")
+    }
+    jobs = find_jobs(sweep)
+    lay = grid_layout(jobs, swept_keys(jobs))
+    assert (lay["row_key"], lay["col_key"]) == ("loss.beta", "layers")
+    assert len(lay["rows"]) == 2 and len(lay["cols"]) == 2
+    assert (sweep / "contact_sheet.png").exists() and (sweep / "report.html").exists()
+    rows = _csv(sweep / "summary.csv")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    assert {r["alpha_beta"] for r in rows} == {"0.01", "0.0001"}
+
+
+def test_wandb_init_failure_keeps_local_outputs(tmp_path, monkeypatch):
+    """Issue acceptance 2: online mode without an API key fails at init -> one warning."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    out = tmp_path / "run"
+    p = nst(
+        *FAST,
+        "logger=wandb",
+        "logger.mode=online",
+        f"hydra.run.dir={out}",
+        env={"WANDB_API_KEY": "", "WANDB_CONFIG_DIR": str(tmp_path / "wbcfg")},
+    )
+    assert p.returncode == 0, p.stderr
+    warnings = [x for x in p.stderr.splitlines() if "warning" in x.lower() and "W&B" in x]
+    assert len(warnings) == 1, p.stderr
+    assert (out / "result.png").exists() and (out / "summary.json").exists()
+
+
+def test_joblib_launcher_runs_jobs_in_parallel(tmp_path):
+    sweep = tmp_path / "sweep"
+    p = nst(
+        "-m",
+        *FAST,
+        "steps=12",
+        "loss.beta=1e2,1e3",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert p.returncode == 0, p.stderr
+    summaries = [json.loads(s.read_text()) for s in sorted(sweep.glob("*/summary.json"))]
+    assert len(summaries) == 2 and len({s["pid"] for s in summaries}) == 2
+    spans = [
+        (datetime.fromisoformat(s["started_at"]), datetime.fromisoformat(s["finished_at"]))
+        for s in summaries
+    ]
+    assert max(a for a, _ in spans) < min(b for _, b in spans), "jobs did not overlap"
+    assert len(_csv(sweep / "summary.csv")) == 2
+
+
+def test_submitit_local_launcher(tmp_path):
+    sweep = tmp_path / "sweep"
+    p = nst(
+        "-m",
+        *FAST,
+        "loss.beta=1e2,1e3",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert p.returncode == 0, p.stderr
+    assert len(list(sweep.glob("*/result.png"))) == 2
+    assert len(_csv(sweep / "summary.csv")) == 2
+
+
+def test_failed_job_is_reported_and_others_run(tmp_path, write_png):
+    good = write_png("good.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(good.read_bytes()[:60])  # a truncated PNG
+    sweep = tmp_path / "sweep"
+    p = nst(
+        "-m",
+        *FAST,
+        f"content={good},{bad},{good}",
+        "loss.beta=1e2",
+        f"hydra.sweep.dir={sweep}",
+        f"style={good}",
+    )
+    assert p.returncode != 0
+    rows = _csv(sweep / "summary.csv")
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert "bad.png" in rows[1]["error"]
+    report = (sweep / "report.html").read_text()
+    assert 'class="bad"' in report and "bad.png: cannot decode image" in report
+
+
+@pytest.mark.parametrize("sweep_cfg,n", [("alpha_beta", 4), ("init_seeds", 4)])
+def test_sweep_configs_compose(sweep_cfg, n):
+    from hydra import compose, initialize_config_dir
+
+    from nst.app import CONFIG_DIR
+    from nst.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"sweep={sweep_cfg}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert sum(len(str(v).split(",")) for v in params.values()) == n
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"

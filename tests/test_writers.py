@@ -1,0 +1,150 @@
+"""Metric writers: local JSON lines, fan-out, and W&B (real offline runs; failures never fatal)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from nst import wandb_writer
+from nst.wandb_writer import WandbWriter, default_mode, flatten
+from nst.writers import LocalWriter, MetricWriter, MultiWriter
+
+
+class Recorder(MetricWriter):
+    def __init__(self):
+        self.calls = []
+
+    def write_scalars(self, step, scalars):
+        self.calls.append(("scalars", step, dict(scalars)))
+
+    def write_images(self, step, images):
+        self.calls.append(("images", step, sorted(images)))
+
+    def write_summary(self, summary):
+        self.calls.append(("summary", dict(summary)))
+
+    def close(self, exit_code=0):
+        self.calls.append(("close", exit_code))
+
+
+def test_local_writer(tmp_path):
+    w = LocalWriter(tmp_path)
+    w.write_scalars(0, {"total": 2.0, "style": float("nan")})
+    w.write_scalars(10, {"total": 1.0})
+    w.write_images(10, {"step": np.full((4, 5, 3), 200.0)})
+    w.close()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 0, "total": 2.0, "style": "nan"}, {"step": 10, "total": 1.0}]
+    assert (tmp_path / "snapshots" / "step_000010.png").exists()
+
+
+def test_multi_writer_fans_out():
+    a, b = Recorder(), Recorder()
+    m = MultiWriter([a, b])
+    m.write_scalars(3, {"x": 1.0})
+    m.write_images(3, {"img": np.zeros((2, 2, 3))})
+    m.write_summary({"s": 1})
+    m.close(1)
+    assert (
+        a.calls
+        == b.calls
+        == [("scalars", 3, {"x": 1.0}), ("images", 3, ["img"]), ("summary", {"s": 1}), ("close", 1)]
+    )
+
+
+def test_flatten_and_mode(monkeypatch):
+    assert flatten({"loss": {"beta": 1, "alpha": 2}, "size": 3, "empty": {}}) == {
+        "loss.beta": 1,
+        "loss.alpha": 2,
+        "size": 3,
+        "empty": {},
+    }
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert default_mode(None) == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert default_mode(None) == "online"
+    assert default_mode("disabled") == "disabled"
+
+
+def _create(tmp_path, **kw):
+    args = dict(
+        run_dir=tmp_path,
+        project="nst-test",
+        entity=None,
+        mode="offline",
+        tags=["t"],
+        name="beta=10",
+        group="g1",
+        job_type="default",
+        config={"loss.beta": 10.0},
+    )
+    args.update(kw)
+    return WandbWriter.create(**args)
+
+
+def test_wandb_offline_run_records_history(tmp_path):
+    w = _create(tmp_path)
+    assert w is not None
+    w.write_scalars(0, {"total": 5.0})
+    w.write_scalars(10, {"total": 1.0})
+    w.write_images(10, {"result": np.full((8, 8, 3), 99.0)})
+    w.write_summary({"final/total": 1.0})
+    w.close(0)
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    media = list((tmp_path / "wandb").glob("offline-run-*/files/media/images/*.png"))
+    assert media
+
+
+def test_wandb_init_failure_warns_once_and_returns_none(tmp_path, monkeypatch, capsys):
+    import wandb
+
+    def boom(**kw):
+        raise RuntimeError("no\nnetwork")
+
+    monkeypatch.setattr(wandb, "init", boom)
+    assert _create(tmp_path) is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "W&B logging disabled" in err[0] and "no network" in err[0]
+
+
+def test_wandb_log_failure_warns_once(capsys):
+    class BrokenRun:
+        summary = {}
+
+        def log(self, *a, **k):
+            raise OSError("disk full")
+
+        def finish(self, **k):
+            raise OSError("disk full")
+
+    w = WandbWriter(BrokenRun(), wandb=None)
+    for step in range(3):
+        w.write_scalars(step, {"total": 1.0})
+    w.close(0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "disk full" in err[0]
+
+
+def test_wandb_missing_package(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    assert _create(tmp_path) is None
+    assert "No module named 'wandb'" in capsys.readouterr().err
+    assert wandb_writer.WandbWriter is WandbWriter
+
+
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_close_is_idempotent(tmp_path, exit_code):
+    w = _create(tmp_path)
+    w.close(exit_code)
+    w.close(exit_code)
+    assert w.run is None
