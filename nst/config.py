@@ -37,6 +37,7 @@ class Pooling(Enum):
 class Norm(Enum):
     paper = "paper"
     mean = "mean"
+    authors = "authors"
 
 
 class OptimizerName(Enum):
@@ -80,10 +81,32 @@ class BackboneConfig:
     seed: int = 0  # only for weights=random
 
 
+class StyleWeighting(Enum):
+    preset = "preset"  # the weights given in style_layers
+    authors = "authors"  # w_l = 1e3 / N_l**2 (authors' released code), ignoring the given weights
+
+
 @dataclass
 class LayersConfig:
     content_layers: dict[str, float] = field(default_factory=dict)
     style_layers: dict[str, float] = field(default_factory=dict)
+    # Read conv{b}_{i} after its ReLU: the authors' Caffe code runs ReLUs in place, so its
+    # "conv" blobs hold rectified responses.
+    rectified: bool = False
+    style_weighting: StyleWeighting = StyleWeighting.preset
+
+
+@dataclass
+class FigureConfig:
+    """How a paper-figure experiment lays out its sweep (see nst/figures.py)."""
+
+    name: str | None = None  # e.g. gatys2016/fig3; None: no figure
+    title: str = ""
+    caption: str = ""
+    rows: str | None = None  # the swept override key whose values are the rows
+    cols: str | None = None  # ... the columns
+    labels: dict[str, str] = field(default_factory=dict)  # override value -> panel label
+    lead: list[str] = field(default_factory=list)  # leading panels: content and/or style
 
 
 @dataclass
@@ -93,6 +116,10 @@ class LossConfig:
     tv: float = 0.0
     gram_norm: Norm = Norm.mean
     content_norm: Norm = Norm.mean
+    # The paper's α/β ratio. When set, beta = alpha * ab_scale / ab_ratio, where ab_scale maps the
+    # paper's ratios (normalized VGG19, paper normalization) onto this network and normalization.
+    ab_ratio: float | None = None
+    ab_scale: float = 1.0
 
 
 @dataclass
@@ -150,6 +177,9 @@ class NSTConfig:
     optimizer: OptimizerConfig = MISSING
     init: InitConfig = MISSING
     logger: LoggerConfig = MISSING
+    # Where paper-figure experiments find their images (scripts/fetch_paper_images.py fills it).
+    images_dir: str = "${nst_cache:paper_images}"
+    figure: FigureConfig = field(default_factory=FigureConfig)
 
 
 def safe_dirname(text: str, limit: int = 120) -> str:
@@ -162,10 +192,20 @@ def safe_dirname(text: str, limit: int = 120) -> str:
     return name
 
 
+def cache_path(sub: str = "") -> str:
+    """``$NST_CACHE_DIR`` or ``$XDG_CACHE_HOME/nst`` or ``~/.cache/nst``, plus ``sub`` (not created)."""
+    base = os.environ.get("NST_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nst"
+    )
+    return os.path.join(base, sub) if sub else base
+
+
 def register_configs() -> None:
     """Register ``nst_schema``, the typed base of ``configs/config.yaml``, and the resolvers."""
     if not OmegaConf.has_resolver("nst_dirname"):
         OmegaConf.register_new_resolver("nst_dirname", safe_dirname)
+    if not OmegaConf.has_resolver("nst_cache"):
+        OmegaConf.register_new_resolver("nst_cache", cache_path)
     cs = ConfigStore.instance()
     node = OmegaConf.structured(NSTConfig)
     # Layer maps take any layer names (validated against the backbone in run.py). Lifting the

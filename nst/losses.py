@@ -9,19 +9,23 @@ the paper's absolute numbers are tied to its *normalized* VGG19 and to summed lo
   the unnormalized Gram G = F·Fᵀ (eq. 3), N_l filters and M_l = H·W positions.
 * ``"mean"``: content mean((F−P)²); Gram G/(C·H·W) and style mean((G−A)²). Scale-free in the
   image size, so α/β transfer between sizes and layers.
+* ``"authors"`` (style only): Gram G/(H·W) and mean((G−A)²), as in the authors' released code
+  (leongatys/PytorchNeuralStyleTransfer: GramMatrix divides by h·w, GramMSELoss is an MSE). With
+  their layer weights w_l = 1e3/N_l² this equals ``mean`` with w_l = 1e3 on every layer.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-NORMS = ("paper", "mean")
+NORMS = ("paper", "mean", "authors")
 
 
 def gram(features: jnp.ndarray, norm: str = "mean") -> jnp.ndarray:
     """Gram matrix of ``(..., H, W, C)`` features -> ``(..., C, C)``.
 
     ``paper``: G_ij = Σ_k F_ik F_jk (eq. 3). ``mean``: the same divided by C·H·W.
+    ``authors``: divided by H·W.
     """
     *_, h, w, c = features.shape
     f = features.reshape(*features.shape[:-3], h * w, c)
@@ -30,6 +34,8 @@ def gram(features: jnp.ndarray, norm: str = "mean") -> jnp.ndarray:
         return g
     if norm == "mean":
         return g / (c * h * w)
+    if norm == "authors":
+        return g / (h * w)
     raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
 
 
@@ -41,7 +47,7 @@ def content_loss(features: jnp.ndarray, target: jnp.ndarray, norm: str = "mean")
     d2 = jnp.square(features - target)
     if norm == "paper":
         return 0.5 * jnp.sum(d2)
-    if norm == "mean":
+    if norm in ("mean", "authors"):
         return jnp.mean(d2)
     raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
 
@@ -52,7 +58,7 @@ def style_layer_loss(
     """Style loss of one layer: features ``(..., H, W, C)`` against a Gram target ``(..., C, C)``.
 
     ``paper``: E_l = Σ(G−A)² / (4·N_l²·M_l²) with N_l = C, M_l = H·W (eq. 4).
-    ``mean``: mean((G−A)²) with Grams normalized by C·H·W.
+    ``mean``: mean((G−A)²) with Grams normalized by C·H·W; ``authors``: by H·W.
     """
     *_, h, w, c = features.shape
     d2 = jnp.square(gram(features, norm) - target_gram)

@@ -51,10 +51,13 @@ class Job:
         return p if p.exists() else None
 
     def alpha_beta(self) -> float | None:
+        """The paper's α/β when the job set ``loss.ab_ratio``, else ``loss.alpha / loss.beta``."""
         cfg = self.summary.get("config") or _hydra_config(self.dir)
         try:
+            if cfg["loss"].get("ab_ratio") is not None:
+                return float(cfg["loss"]["ab_ratio"])
             a, b = float(cfg["loss"]["alpha"]), float(cfg["loss"]["beta"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
         return a / b if b else math.inf
 
@@ -181,8 +184,8 @@ def _greek() -> bool:
 AB = "α/β" if _greek() else "alpha/beta"
 
 
-def _thumb(job: Job, size: int) -> Image.Image:
-    tile = Image.new("RGB", (size, size), (235, 235, 235))
+def _thumb(job: Job, size: int, background: tuple[int, int, int] = (235, 235, 235)) -> Image.Image:
+    tile = Image.new("RGB", (size, size), background)
     if job.result is not None and job.status == "ok":
         im = Image.open(job.result).convert("RGB")
         scale = size / max(im.size)  # fit the cell, upscaling small results too
@@ -233,7 +236,7 @@ def _axis_label(key: str | None, value: str | None, jobs: list[Job]) -> str:
     if key is None:
         return ""
     text = format_value(key, value)
-    if key in ("loss.alpha", "loss.beta"):
+    if key in ("loss.alpha", "loss.beta", "loss.ab_ratio"):
         ratios = {j.alpha_beta() for j in jobs if j.overrides.get(key) == value}
         if len(ratios) == 1 and (r := ratios.pop()) is not None:
             text += f"  ({AB}={r:.0e})"
@@ -428,12 +431,20 @@ def build_report(sweep_dir: str | Path) -> dict[str, Any]:
     writer.writerows(rows)
     atomic_write_bytes(sweep_dir / "summary.csv", out.getvalue().encode())
     failed = [j for j in jobs if j.status != "ok"]
-    return {
+    info = {
         "jobs": len(jobs),
         "failed": [j.dir.name for j in failed],
         "keys": keys,
         "contact_sheet": str(sweep_dir / "contact_sheet.png"),
+        "figure": None,
     }
+    from nst.figures import build_figure, figure_config  # figures build on this module
+
+    fig = figure_config(sweep_dir)
+    if fig is not None:
+        build_figure(sweep_dir, fig)
+        info["figure"] = str(sweep_dir / "figure.png")
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"nst-report: {info['jobs']} jobs, swept {', '.join(info['keys']) or 'nothing'}; "
         f"wrote {a.sweep_dir}/contact_sheet.png, report.html, summary.csv"
+        + (", figure.png" if info["figure"] else "")
     )
     if info["failed"]:
         print(f"nst-report: failed or unfinished: {', '.join(info['failed'])}", file=sys.stderr)
@@ -492,6 +504,8 @@ class ReportCallback(Callback):
             )
             return
         if not quiet:
+            extra = f", {info['figure']}" if info["figure"] else ""
             print(
-                f"nst: sweep report: {info['contact_sheet']}, {sweep_dir}/report.html, {sweep_dir}/summary.csv"
+                f"nst: sweep report: {info['contact_sheet']}, {sweep_dir}/report.html, "
+                f"{sweep_dir}/summary.csv{extra}"
             )

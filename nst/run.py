@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import nst
 from nst import images, vgg
 from nst.engine import BackboneSpec, LossSpec, stylize
-from nst.errors import ConfigError
+from nst.errors import ConfigError, ImageError
 from nst.files import atomic_write_json
 from nst.optim import OptimizerSpec
 from nst.writers import LocalWriter, MetricWriter, MultiWriter
@@ -45,11 +45,40 @@ def _weights(kind: str, mapping: Any) -> dict[str, float]:
     return {k: v for k, v in out.items() if v > 0}
 
 
+def rectify(layers: dict[str, float]) -> dict[str, float]:
+    """conv{b}_{i} -> relu{b}_{i} (the rectified response of the same convolution)."""
+    return {("relu" + k[4:] if k.startswith("conv") else k): v for k, v in layers.items()}
+
+
+def authors_style_weights(arch: str, layers: dict[str, float]) -> dict[str, float]:
+    """w_l = 1e3 / N_l**2 with N_l the layer's channel count, as in the authors' released code
+    (leongatys/PytorchNeuralStyleTransfer: style_weights = [1e3/n**2 for n in [64,128,256,512,512]])."""
+    out = {}
+    for name in layers:
+        n = vgg.channels(arch, name)
+        out[name] = 1e3 / n**2
+    return out
+
+
+def effective_beta(loss_cfg: Any) -> float:
+    """β from ``loss.beta``, or from the paper's ratio: β = α·ab_scale/ab_ratio when
+    ``loss.ab_ratio`` is set (see configs/impl/ for the calibrated ab_scale values)."""
+    ratio = loss_cfg.get("ab_ratio")
+    if ratio is None:
+        return float(loss_cfg.beta)
+    ratio = float(ratio)
+    if not math.isfinite(ratio) or ratio <= 0:
+        raise ConfigError(f"loss.ab_ratio (the paper's alpha/beta) must be > 0, got {ratio}")
+    return float(loss_cfg.alpha) * float(loss_cfg.ab_scale) / ratio
+
+
 def specs_from_config(cfg: DictConfig) -> tuple[BackboneSpec, LossSpec, OptimizerSpec]:
     """Validate the parts of ``cfg`` the schema cannot and build the engine's plain specs."""
     arch = _name(cfg.backbone.arch)
     content_layers = _weights("content_layers", cfg.layers.content_layers)
     style_layers = _weights("style_layers", cfg.layers.style_layers)
+    if cfg.layers.get("rectified", False):
+        content_layers, style_layers = rectify(content_layers), rectify(style_layers)
     if not content_layers and not style_layers:
         raise ConfigError(
             "layers: content_layers and style_layers are both empty; name at least one layer"
@@ -58,7 +87,9 @@ def specs_from_config(cfg: DictConfig) -> tuple[BackboneSpec, LossSpec, Optimize
         vgg.validate_layers(arch, [*content_layers, *style_layers])
     except ValueError as e:
         raise ConfigError(f"layers: {e}") from None
-    for key in ("alpha", "beta", "tv"):
+    if _name(cfg.layers.get("style_weighting", "preset")) == "authors":
+        style_layers = authors_style_weights(arch, style_layers)
+    for key in ("alpha", "beta", "tv", "ab_scale"):
         v = float(cfg.loss[key])
         if not math.isfinite(v) or v < 0:
             raise ConfigError(f"loss.{key} must be finite and >= 0, got {v}")
@@ -66,7 +97,7 @@ def specs_from_config(cfg: DictConfig) -> tuple[BackboneSpec, LossSpec, Optimize
         content_layers=content_layers,
         style_layers=style_layers,
         alpha=float(cfg.loss.alpha),
-        beta=float(cfg.loss.beta),
+        beta=effective_beta(cfg.loss),
         tv=float(cfg.loss.tv),
         gram_norm=_name(cfg.loss.gram_norm),
         content_norm=_name(cfg.loss.content_norm),
@@ -162,8 +193,9 @@ def make_writer(cfg: DictConfig, run_dir: Path, job: JobInfo) -> MetricWriter:
         resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         config = flatten(resolved)
         config.update({g: c for g, c in job.choices.items() if g in resolved or g == "experiment"})
-        beta = float(cfg.loss.beta)
+        beta = effective_beta(cfg.loss)
         config["alpha_beta"] = float(cfg.loss.alpha) / beta if beta else float("inf")
+        config["loss.beta_effective"] = beta
         config["overrides"] = ",".join(job.overrides)
         lg = cfg.logger
         w = WandbWriter.create(
@@ -216,6 +248,7 @@ def _run(cfg: DictConfig, run_dir: Path, job: JobInfo) -> dict[str, Any]:
     backbone, loss, opt = specs_from_config(cfg)
 
     max_pixels = int(cfg.max_pixels)
+    _check_paper_images(cfg)
     content_raw = images.load_image(cfg.content, max_pixels)
     style_raw = images.load_image(cfg.style, max_pixels)
     content = images.resize_longest(content_raw, size)
@@ -272,6 +305,12 @@ def _run(cfg: DictConfig, run_dir: Path, job: JobInfo) -> dict[str, Any]:
         summary = {
             "status": "ok",
             "steps": result.steps,
+            "loss": {
+                "alpha": loss.alpha,
+                "beta": loss.beta,
+                "tv": loss.tv,
+                "ab_ratio": cfg.loss.get("ab_ratio"),
+            },
             "final": result.final_metrics,
             "initial": result.initial_metrics,
             "wall_s": wall,
@@ -321,6 +360,20 @@ def _run(cfg: DictConfig, run_dir: Path, job: JobInfo) -> dict[str, Any]:
     finally:
         writer.close(exit_code)
     return summary
+
+
+def _check_paper_images(cfg: DictConfig) -> None:
+    """Paper images missing from images_dir: say how to fetch them (one line), not just 'no file'."""
+    from nst.paper_images import missing_images_message
+
+    images_dir = Path(str(cfg.get("images_dir", ""))).expanduser()
+    missing = []
+    for spec in (cfg.content, cfg.style):
+        p = Path(str(spec)).expanduser()
+        if p.parent == images_dir and not p.exists():
+            missing.append(p.name)
+    if missing:
+        raise ImageError(missing_images_message(images_dir, missing))
 
 
 def _versions() -> dict[str, str]:

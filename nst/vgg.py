@@ -58,6 +58,13 @@ def conv_shapes(arch: str) -> dict[str, tuple[int, int, int, int]]:
     return shapes
 
 
+def channels(arch: str, layer: str) -> int:
+    """Channel count of any named activation (conv/relu/pool) of ``arch``."""
+    validate_layers(arch, [layer])
+    block = int(layer[4] if layer.startswith(("conv", "relu", "pool")) else layer)
+    return CHANNELS[block - 1]
+
+
 def deepest_layer(arch: str, names: Iterable[str]) -> str:
     """The requested layer that comes last in the forward pass."""
     order = {n: k for k, n in enumerate(layer_names(arch))}

@@ -18,7 +18,17 @@ GROUPS = {
     "optimizer": ["adam", "lbfgs", "sgd"],
     "init": ["content", "noise", "style", "file"],
     "experiment": ["quick"],
+    "logger": ["none", "wandb"],
 }
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "joblib", "submitit_local"])
+def test_launcher_configs_compose(launcher):
+    cfg = _compose([f"hydra/launcher={launcher}"], hydra_cfg=True)
+    target = cfg.hydra.launcher._target_
+    assert ("Slurm" in target) if launcher == "slurm" else target
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.gpus_per_node == 1
 
 
 def _compose(overrides=(), hydra_cfg=False):
@@ -49,6 +59,8 @@ def test_every_option_composes(group, option):
             assert cfg.init.path is None  # run() refuses this with a one-line message
     if group == "optimizer":
         assert specs_from_config(cfg)[2].name == option
+    if group == "logger":
+        assert cfg.logger.name.value == option
 
 
 def test_gatys2016_preset_matches_paper():
