@@ -77,16 +77,16 @@ def specs_from_config(cfg: DictConfig) -> tuple[BackboneSpec, LossSpec, Optimize
     arch = _name(cfg.backbone.arch)
     content_layers = _weights("content_layers", cfg.layers.content_layers)
     style_layers = _weights("style_layers", cfg.layers.style_layers)
-    if cfg.layers.get("rectified", False):
-        content_layers, style_layers = rectify(content_layers), rectify(style_layers)
     if not content_layers and not style_layers:
         raise ConfigError(
             "layers: content_layers and style_layers are both empty; name at least one layer"
         )
-    try:
+    try:  # the names as the user wrote them
         vgg.validate_layers(arch, [*content_layers, *style_layers])
     except ValueError as e:
         raise ConfigError(f"layers: {e}") from None
+    if cfg.layers.get("rectified", False):
+        content_layers, style_layers = rectify(content_layers), rectify(style_layers)
     if _name(cfg.layers.get("style_weighting", "preset")) == "authors":
         style_layers = authors_style_weights(arch, style_layers)
     for key in ("alpha", "beta", "tv", "ab_scale"):
@@ -343,7 +343,7 @@ def _run(cfg: DictConfig, run_dir: Path, job: JobInfo) -> dict[str, Any]:
             "versions": _versions(),
             "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         }
-        writer.write_images(result.steps, {"result": result.image})
+        writer.write_result(result.steps, result.image)
         writer.write_summary(
             {
                 **{f"final/{k}": v for k, v in result.final_metrics.items()},

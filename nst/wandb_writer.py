@@ -113,6 +113,9 @@ class WandbWriter(MetricWriter):
 
         self._guard(log)
 
+    def write_result(self, step: int, image: np.ndarray) -> None:
+        self.write_images(step, {"result": image})
+
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         self._guard(self.run.summary.update, dict(summary))
 

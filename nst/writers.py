@@ -23,6 +23,9 @@ class MetricWriter:
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         """Record ``(H, W, 3)`` 0..255 images (snapshots) at ``step``."""
 
+    def write_result(self, step: int, image: np.ndarray) -> None:
+        """Record the final image (run.py writes result.png itself; trackers log it)."""
+
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Record the final summary of the run."""
 
@@ -43,6 +46,10 @@ class MultiWriter(MetricWriter):
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         for w in self.writers:
             w.write_images(step, images)
+
+    def write_result(self, step: int, image: np.ndarray) -> None:
+        for w in self.writers:
+            w.write_result(step, image)
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         for w in self.writers:

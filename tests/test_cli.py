@@ -194,6 +194,21 @@ def test_bad_input_one_line(tmp_path, write_png, args, needles):
     assert_clean_failure(p, out, *needles)
 
 
+def test_missing_paper_images_say_how_to_fetch(tmp_path):
+    out = tmp_path / "sweep"
+    p = nst(
+        "experiment=gatys2016/fig5_content_layer",
+        f"images_dir={tmp_path / 'none'}",
+        "size=32",
+        "steps=1",
+        f"hydra.sweep.dir={out}",
+        "progress=false",
+    )
+    assert p.returncode != 0
+    assert "fetch_paper_images.py" in p.stderr and "tubingen.jpg" in p.stderr
+    assert not list(out.glob("*/result.png"))
+
+
 def test_debug_shows_traceback(tmp_path):
     p = nst("content=/nonexistent.png", *TINY, "debug=true", f"hydra.run.dir={tmp_path}")
     assert p.returncode != 0 and "Traceback" in p.stderr

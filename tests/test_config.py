@@ -13,7 +13,7 @@ register_configs()
 
 GROUPS = {
     "backbone": ["vgg16", "vgg19", "random_vgg16", "random_vgg19"],
-    "layers": ["gatys2016", "gatys2016_relu", "lewuathe2017", "keras_tutorial", "custom"],
+    "layers": ["gatys2016", "gatys2016_upto3", "lewuathe2017", "keras_tutorial", "custom"],
     "loss": ["default", "paper"],
     "optimizer": ["adam", "lbfgs", "sgd"],
     "init": ["content", "noise", "style", "file"],
@@ -40,7 +40,9 @@ def test_default_config_contract():
     cfg = _compose()
     for key in ("content", "style", "size", "steps", "seed", "save_every"):
         assert key in cfg
-    assert OmegaConf.to_container(cfg.layers.content_layers) == {"relu4_2": 1.0}
+    assert OmegaConf.to_container(cfg.layers.content_layers) == {"conv4_2": 1.0}
+    assert cfg.layers.rectified is True
+    assert dict(specs_from_config(cfg)[1].content_layers) == {"relu4_2": 1.0}
     assert cfg.backbone.arch.value == "vgg16" and cfg.backbone.weights.value == "embedded"
     assert {"alpha", "beta", "tv", "gram_norm"} <= set(cfg.loss)
     backbone, loss, opt = specs_from_config(cfg)
@@ -96,13 +98,48 @@ def test_alpha_beta_override_reaches_spec():
 
 
 def test_layer_maps_accept_new_names_and_zero_drops():
-    cfg = _compose(["layers.style_layers={relu5_1: 0, relu3_2: 0.3}"])
+    cfg = _compose(["layers.style_layers={conv5_1: 0, conv3_2: 0.3}"])
     _, loss, _ = specs_from_config(cfg)
     assert "relu5_1" not in loss.style_layers and loss.style_layers["relu3_2"] == 0.3
     cfg = _compose(
-        ["layers=custom", "layers.content_layers={conv4_2: 1}", "layers.style_layers={conv1_1: 1}"]
+        [
+            "layers=custom",
+            "layers.content_layers={conv4_2: 1}",
+            "layers.style_layers={conv1_1: 1}",
+            "layers.rectified=false",
+        ]
     )
     _, loss, _ = specs_from_config(cfg)
-    assert dict(loss.content_layers) == {"conv4_2": 1.0} and dict(loss.style_layers) == {
-        "conv1_1": 1.0
-    }
+    assert dict(loss.content_layers) == {"conv4_2": 1.0}
+    assert dict(loss.style_layers) == {"conv1_1": 1.0}
+
+
+def test_impl_switch_paper_vs_authors():
+    from nst.run import effective_beta
+
+    paper = _compose(["impl=paper"])
+    backbone, loss, opt = specs_from_config(paper)
+    assert backbone.pooling == "avg" and opt.name == "lbfgs" and paper.init.name.value == "noise"
+    assert set(loss.style_layers) == {f"conv{i}_1" for i in range(1, 6)}
+    assert loss.gram_norm == "paper" and loss.content_norm == "paper"
+    assert loss.beta == pytest.approx(paper.loss.ab_scale / 1e-3)
+    authors = _compose(["impl=authors"])
+    backbone, loss, opt = specs_from_config(authors)
+    assert backbone.pooling == "max" and authors.init.name.value == "content"
+    assert dict(loss.content_layers) == {"relu4_2": 1.0}
+    assert loss.style_layers["relu1_1"] == pytest.approx(1e3 / 64**2)
+    assert loss.style_layers["relu5_1"] == pytest.approx(1e3 / 512**2)
+    assert loss.gram_norm == "authors" and authors.steps == 500 and authors.size == 512
+    # command-line choices win over the impl's
+    assert specs_from_config(_compose(["impl=paper", "optimizer=adam"]))[2].name == "adam"
+    assert effective_beta(_compose(["loss.ab_ratio=1e-2"]).loss) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize(
+    "name", ["fig1_content", "fig1_style", "fig3", "fig4_grid", "fig5_content_layer", "fig6_init"]
+)
+def test_paper_experiments_compose(name):
+    cfg = _compose([f"experiment=gatys2016/{name}", "images_dir=/imgs"], hydra_cfg=True)
+    assert cfg.figure.name == f"gatys2016/{name}"
+    assert str(cfg.content).startswith("/imgs/")
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and cfg.hydra.sweeper.params

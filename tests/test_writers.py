@@ -87,7 +87,7 @@ def test_wandb_offline_run_records_history(tmp_path):
     assert w is not None
     w.write_scalars(0, {"total": 5.0})
     w.write_scalars(10, {"total": 1.0})
-    w.write_images(10, {"result": np.full((8, 8, 3), 99.0)})
+    w.write_result(10, np.full((8, 8, 3), 99.0))
     w.write_summary({"final/total": 1.0})
     w.close(0)
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
