@@ -22,10 +22,6 @@ if TYPE_CHECKING:
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
-class JobFailed(Exception):
-    """A sweep job stopped with a user-facing error: Hydra records it and runs the other jobs."""
-
-
 IGNORED_OVERRIDES = ("hydra.", "progress", "debug", "logger")
 
 
@@ -85,14 +81,23 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
         summary = run(cfg, run_dir, job_info(hc))
-    except NstError as e:
-        if cfg.get("debug", False):
-            raise
-        print(f"nst: error: {e}", file=sys.stderr, flush=True)
-        if hc.mode == RunMode.MULTIRUN:
-            raise JobFailed(str(e)) from None
+    except Exception as e:
+        if cfg.get("debug", False) or not (multirun or isinstance(e, NstError)):
+            raise  # a bug in a single run keeps its traceback
+        if isinstance(e, NstError):
+            print(f"nst: error: {e}", file=sys.stderr, flush=True)
+        else:
+            print(
+                f"nst: error: job {hc.job.num} failed: {type(e).__name__}: {e} "
+                f"(traceback in {run_dir}/error.json)",
+                file=sys.stderr,
+                flush=True,
+            )
+        if multirun:
+            return  # recorded in error.json: the other jobs run, the sweep ends non-zero
         sys.exit(2)
     final = summary["final"]
     print(

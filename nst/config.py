@@ -168,6 +168,8 @@ class NSTConfig:
     save_every: int = 100
     log_every: int = 10
     steps_per_call: int = 0  # 0: backend default (1 on CPU)
+    checkpoint_every: int = 50  # full state to RUN_DIR/checkpoint.npz every N steps (0: never)
+    resume: bool = False  # continue from RUN_DIR/checkpoint.npz; skip a finished run
     max_pixels: int = 100_000_000
     progress: bool = True
     debug: bool = False

@@ -8,9 +8,11 @@ changing α/β (or per-layer weights) never recompiles. Metrics stay on the devi
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -20,6 +22,7 @@ import optax
 from tqdm.auto import tqdm
 
 from nst import losses
+from nst.files import atomic_write_bytes
 from nst.optim import OptimizerSpec, make_optimizer
 from nst.vgg import VGG, deepest_layer
 from nst.writers import MetricWriter
@@ -171,7 +174,12 @@ def make_update_fn(
         else:
             updates, opt_state = tx.update(grad, state.opt_state, state.image)
         image = jnp.clip(optax.apply_updates(state.image, updates), 0.0, PIXEL_MAX)
-        return State(image, opt_state, state.step + 1), metrics
+        # Divergence guard: a non-finite loss or update leaves the state as it was (the last
+        # finite image) and flags the step, so the host can stop without losing the image.
+        ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(image))
+        new = State(image, opt_state, state.step + 1)
+        state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+        return state, {**metrics, "finite": ok}
 
     if steps_per_call == 1:
 
@@ -197,13 +205,64 @@ def default_steps_per_call() -> int:
     return 1 if jax.default_backend() == "cpu" else 10
 
 
-def call_boundaries(steps: int, steps_per_call: int, save_every: int) -> list[int]:
+def call_boundaries(
+    steps: int, steps_per_call: int, save_every: int, checkpoint_every: int = 0
+) -> list[int]:
     """Step counts at which jitted calls end: every ``steps_per_call`` steps, also at every
-    snapshot step (so snapshots need no extra sync) and at ``steps``."""
+    snapshot and checkpoint step (so they need no extra sync, and a resumed run makes the same
+    calls as an uninterrupted one) and at ``steps``."""
     ends = set(range(steps_per_call, steps, steps_per_call)) | {steps}
-    if save_every > 0:
-        ends |= set(range(save_every, steps, save_every))
+    for every in (save_every, checkpoint_every):
+        if every > 0:
+            ends |= set(range(every, steps, every))
     return sorted(e for e in ends if 0 < e <= steps)
+
+
+def save_checkpoint(path: str | Path, state: State) -> Path:
+    """The whole state (pixels, optimizer state leaves, step) as one .npz, written atomically."""
+    leaves = jax.tree.leaves(jax.device_get(state))
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        step=np.asarray(state.step),
+        **{f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)},
+    )
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a checkpoint written by :func:`save_checkpoint`."""
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def restore_state(template: State, ckpt: Mapping[str, np.ndarray]) -> State:
+    """Rebuild a :class:`State` shaped like ``template`` from checkpoint arrays (exact bits)."""
+    leaves, treedef = jax.tree.flatten(template)
+    saved = [ckpt[f"leaf_{i:04d}"] for i in range(len(leaves))]
+    for i, (a, b) in enumerate(zip(leaves, saved, strict=True)):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(
+                f"checkpoint leaf {i} is {b.dtype}{b.shape}, expected {a.dtype}{a.shape}"
+            )
+    return jax.tree.unflatten(treedef, [jnp.array(x) for x in saved])
+
+
+class Interrupted(Exception):
+    """A signal asked the run to stop; a checkpoint was written at ``step``."""
+
+    def __init__(self, step: int, image: np.ndarray):
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.image = step, image
+
+
+class Diverged(Exception):
+    """The loss or the pixels became non-finite at ``step``; ``image`` is the last finite image
+    (the one whose loss was evaluated at ``step``) and ``metrics`` that step's losses."""
+
+    def __init__(self, step: int, image: np.ndarray, metrics: dict[str, float]):
+        super().__init__(f"loss or pixels became non-finite at step {step}")
+        self.step, self.image, self.metrics = step, image, metrics
 
 
 @dataclass
@@ -234,10 +293,19 @@ def stylize(
     steps_per_call: int = 0,
     writer: MetricWriter | None = None,
     progress: bool = True,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume_state: Mapping[str, np.ndarray] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
     """Optimize ``init`` (``(H, W, 3)``, 0..255) so its features match ``content``'s and its Grams
     match ``style``'s. Logs rows at step 0, every ``log_every`` steps and at ``steps`` (the
-    losses of the image after that many updates), snapshots every ``save_every`` steps."""
+    losses of the image after that many updates), snapshots every ``save_every`` steps.
+
+    Every ``checkpoint_every`` steps the full state (pixels, optimizer state, step) is written
+    atomically to ``checkpoint_path``; ``resume_state`` (from :func:`load_checkpoint`) continues
+    from one, bit-identically on CPU. ``should_stop()`` is polled after every call (signal
+    handlers set it): the state is checkpointed and :class:`Interrupted` raised."""
     writer = writer or MetricWriter()
     model = make_model(backbone, loss)
     params = trim_params(model, params)
@@ -252,11 +320,21 @@ def stylize(
     # Donation needs one buffer per leaf; optimizer inits may alias (e.g. one zeros array twice).
     state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
 
+    start = 0
+    if resume_state is not None:
+        state = restore_state(state, resume_state)
+        start = int(resume_state["step"])
+
+    def save_ckpt(st: State) -> None:
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, st)
+
     # Compile ahead of time (one executable per distinct call length) so compile time is
     # reported apart from step time.
     t0 = time.perf_counter()
-    ends = call_boundaries(steps, k, save_every)
-    lengths = sorted({b - a for a, b in zip([0, *ends[:-1]], ends, strict=True)})
+    ends = call_boundaries(steps, k, save_every, checkpoint_every)
+    ends = [e for e in ends if e > start]
+    lengths = sorted({b - a for a, b in zip([start, *ends[:-1]], ends, strict=True)})
     compiled = {
         n: jax.jit(
             make_update_fn(loss_fn, tx, needs_value_fn=optimizer.needs_value_fn, steps_per_call=n),
@@ -276,17 +354,28 @@ def stylize(
     ]
     initial: dict[str, float] = {}
     step_times: list[float] = []
-    last_log_t, last_log_step = time.perf_counter(), 0
+    last_log_t, last_log_step = time.perf_counter(), start
     t_start = time.perf_counter()
-    done = 0
+    done = start
     with tqdm(
-        total=steps, unit="step", desc="nst", disable=not progress, dynamic_ncols=True
+        total=steps,
+        initial=start,
+        unit="step",
+        desc="nst",
+        disable=not progress,
+        dynamic_ncols=True,
     ) as bar:
         for end in ends:
             tc = time.perf_counter()
             state, metrics = compiled[end - done](state, params, targets, weights)
-            jax.block_until_ready(state.image)
+            finite = np.asarray(jax.device_get(metrics["finite"]))  # (k,) bools: a tiny sync
             step_times.append((time.perf_counter() - tc) / (end - done))
+            if not finite.all():
+                bad = done + int(np.argmin(finite))
+                host = jax.device_get(metrics)
+                last = {name: float(host[name][bad - done]) for name in order}
+                writer.write_scalars(bad, {**last, "sec_per_step": step_times[-1]})
+                raise Diverged(bad, np.asarray(jax.device_get(state.image)), last)
             log_steps = [s for s in range(done, end) if s % log_every == 0]
             if log_steps:
                 host = jax.device_get(metrics)
@@ -304,6 +393,11 @@ def stylize(
             done = end
             if save_every > 0 and done % save_every == 0 and done < steps:
                 writer.write_images(done, {"step": np.asarray(jax.device_get(state.image))})
+            if checkpoint_every > 0 and done % checkpoint_every == 0 and done < steps:
+                save_ckpt(state)
+            if should_stop is not None and should_stop() and done < steps:
+                save_ckpt(state)
+                raise Interrupted(done, np.asarray(jax.device_get(state.image)))
     optimize_s = time.perf_counter() - t_start
 
     final_image = np.asarray(jax.device_get(state.image))

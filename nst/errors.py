@@ -20,3 +20,11 @@ class ImageError(NstError):
 
 class ConfigError(NstError):
     """A config value is invalid in a way the schema cannot express (e.g. an unknown layer)."""
+
+
+class DivergedError(NstError):
+    """The optimization produced a non-finite loss or image (summary.json says "diverged")."""
+
+
+class RunInterrupted(NstError):
+    """SIGINT/SIGTERM stopped the run after writing a checkpoint (summary.json: "interrupted")."""

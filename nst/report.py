@@ -492,20 +492,28 @@ class ReportCallback(Callback):
             self._build(hc.sweep.dir, quiet=True)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        self._build(config.hydra.sweep.dir, quiet=False)
+        info = self._build(config.hydra.sweep.dir, quiet=False)
+        if info and info["failed"]:
+            jobs = {j.dir.name: j for j in find_jobs(config.hydra.sweep.dir)}
+            print(f"nst: {len(info['failed'])} of {info['jobs']} jobs failed:", file=sys.stderr)
+            for name in info["failed"]:
+                j = jobs[name]
+                print(f"  {name}: {j.status}: {j.error}", file=sys.stderr)
+            raise SystemExit(1)  # after every job ran and the report is written
 
     @staticmethod
-    def _build(sweep_dir: str, quiet: bool) -> None:
+    def _build(sweep_dir: str, quiet: bool) -> dict[str, Any] | None:
         try:
             info = build_report(sweep_dir)
         except Exception as e:  # noqa: BLE001 - a report problem must not fail the sweep
             print(
                 f"nst: warning: sweep report not written ({type(e).__name__}: {e})", file=sys.stderr
             )
-            return
+            return None
         if not quiet:
             extra = f", {info['figure']}" if info["figure"] else ""
             print(
                 f"nst: sweep report: {info['contact_sheet']}, {sweep_dir}/report.html, "
                 f"{sweep_dir}/summary.csv{extra}"
             )
+        return info

@@ -7,10 +7,14 @@ everything below (engine, losses, weights, images) takes arrays and plain values
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import nst
 from nst import images, vgg
-from nst.engine import BackboneSpec, LossSpec, stylize
-from nst.errors import ConfigError, ImageError
-from nst.files import atomic_write_json
+from nst.engine import BackboneSpec, Diverged, Interrupted, LossSpec, stylize
+from nst.errors import ConfigError, DivergedError, ImageError, NstError, RunInterrupted
+from nst.files import atomic_write_bytes, atomic_write_json
 from nst.optim import OptimizerSpec
 from nst.writers import LocalWriter, MetricWriter, MultiWriter
 
@@ -184,7 +188,10 @@ class JobInfo:
     num: int | None = None
 
 
-def make_writer(cfg: DictConfig, run_dir: Path, job: JobInfo) -> MetricWriter:
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def make_writer(cfg: DictConfig, run_dir: Path, job: JobInfo, resume: bool = False) -> MetricWriter:
     """Local files always; W&B in addition with ``logger=wandb`` (the core never imports it)."""
     writers: list[MetricWriter] = [LocalWriter(run_dir)]
     if _name(cfg.logger.name) == "wandb":
@@ -209,10 +216,51 @@ def make_writer(cfg: DictConfig, run_dir: Path, job: JobInfo) -> MetricWriter:
             job_type=job.job_type,
             config=config,
             log_images=bool(lg.log_images),
+            run_id=_read_text(run_dir / WANDB_ID_FILE) if resume else None,
         )
         if w is not None:
             writers.append(w)
+            with contextlib.suppress(Exception):
+                atomic_write_bytes(run_dir / WANDB_ID_FILE, str(w.run.id).encode())
     return MultiWriter(writers)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """An Event set by SIGINT/SIGTERM while the block runs (the loop then checkpoints and stops);
+    the previous handlers come back afterwards. Off the main thread signals cannot be caught."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        stop.set()
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _read_text(path: Path) -> str | None:
+    return path.read_text().strip() if path.exists() else None
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metrics rows of steps before ``step`` (a resumed run logs the rest again)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] < step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break  # a line cut by the crash: nothing after it is trustworthy
+    atomic_write_bytes(path, "".join(f"{x}\n" for x in keep).encode())
 
 
 def run(cfg: DictConfig, run_dir: str | Path, job: JobInfo | None = None) -> dict[str, Any]:
@@ -228,10 +276,11 @@ def run(cfg: DictConfig, run_dir: str | Path, job: JobInfo | None = None) -> dic
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         msg = " ".join(str(e).split()) or type(e).__name__
         # An unwritable run directory may itself be the error being reported.
+        record = {"status": status, "error": msg, "type": type(e).__name__}
+        if not isinstance(e, NstError):
+            record["traceback"] = traceback.format_exc()
         with contextlib.suppress(OSError):
-            atomic_write_json(
-                run_dir / "error.json", {"status": status, "error": msg, "type": type(e).__name__}
-            )
+            atomic_write_json(run_dir / "error.json", record)
         raise
 
 
@@ -246,6 +295,22 @@ def _run(cfg: DictConfig, run_dir: Path, job: JobInfo) -> dict[str, Any]:
     if int(cfg.steps) < 0:
         raise ConfigError(f"steps must be >= 0, got {cfg.steps}")
     backbone, loss, opt = specs_from_config(cfg)
+    resume = bool(cfg.get("resume", False))
+    ckpt_path = run_dir / "checkpoint.npz"
+    resume_state = None
+    if resume:
+        done = run_dir / "summary.json"
+        if done.exists() and json.loads(done.read_text()).get("status") == "ok":
+            print(f"nst: {run_dir} already finished; nothing to resume", flush=True)
+            return json.loads(done.read_text())
+        if ckpt_path.exists():
+            from nst.engine import load_checkpoint
+
+            resume_state = load_checkpoint(ckpt_path)
+            truncate_metrics(run_dir / "metrics.jsonl", int(resume_state["step"]))
+            print(f"nst: resuming {run_dir} from step {int(resume_state['step'])}", flush=True)
+    for stale in ("error.json", "summary.json", "interrupted.png", "last_finite.png"):
+        (run_dir / stale).unlink(missing_ok=True)
 
     max_pixels = int(cfg.max_pixels)
     _check_paper_images(cfg)
@@ -283,83 +348,126 @@ def _run(cfg: DictConfig, run_dir: Path, job: JobInfo) -> dict[str, Any]:
         dtype=backbone.dtype,
     )
 
-    writer = make_writer(cfg, run_dir, job)
-    exit_code = 1
-    try:
-        result = stylize(
-            content,
-            style,
-            init,
-            params,
-            backbone=backbone,
-            loss=loss,
-            optimizer=opt,
-            steps=int(cfg.steps),
-            log_every=max(1, int(cfg.log_every)),
-            save_every=int(cfg.save_every),
-            steps_per_call=int(cfg.steps_per_call),
-            writer=writer,
-            progress=bool(cfg.progress),
-        )
-        wall = time.perf_counter() - t0
-        summary = {
-            "status": "ok",
-            "steps": result.steps,
-            "loss": {
-                "alpha": loss.alpha,
-                "beta": loss.beta,
-                "tv": loss.tv,
-                "ab_ratio": cfg.loss.get("ab_ratio"),
-            },
-            "final": result.final_metrics,
-            "initial": result.initial_metrics,
-            "wall_s": wall,
-            "compile_s": result.compile_s,
-            "optimize_s": result.optimize_s,
-            "sec_per_step": result.sec_per_step,
-            "steps_per_s": 1.0 / result.sec_per_step if result.sec_per_step > 0 else None,
-            "backbone": {
-                "arch": backbone.arch,
-                "pooling": backbone.pooling,
-                "preprocessing": backbone.preprocessing,
-                **winfo,
-            },
-            "content": {
-                "path": str(images.resolve_path(cfg.content)),
-                "original_hw": list(content_raw.shape[:2]),
-                "hw": list(content.shape[:2]),
-            },
-            "style": {
-                "path": str(images.resolve_path(cfg.style)),
-                "original_hw": list(style_raw.shape[:2]),
-                "hw": list(style.shape[:2]),
-            },
-            "result": str(run_dir / "result.png"),
+    writer = make_writer(cfg, run_dir, job, resume=resume_state is not None)
+    with stop_on_signals() as stop:
+        exit_code = 1
+        try:
+            try:
+                result = stylize(
+                    content,
+                    style,
+                    init,
+                    params,
+                    backbone=backbone,
+                    loss=loss,
+                    optimizer=opt,
+                    steps=int(cfg.steps),
+                    log_every=max(1, int(cfg.log_every)),
+                    save_every=int(cfg.save_every),
+                    steps_per_call=int(cfg.steps_per_call),
+                    writer=writer,
+                    progress=bool(cfg.progress),
+                    checkpoint_path=ckpt_path,
+                    checkpoint_every=int(cfg.get("checkpoint_every", 0)),
+                    resume_state=resume_state,
+                    should_stop=stop.is_set,
+                )
+            except Diverged as d:
+                raise _record_divergence(d, cfg, run_dir, t0) from None
+            except Interrupted as i:
+                images.save_image(i.image, run_dir / "interrupted.png")
+                msg = (
+                    f"interrupted at step {i.step}; checkpoint and image saved in {run_dir}; "
+                    "continue with the same command plus resume=true"
+                )
+                atomic_write_json(
+                    run_dir / "summary.json",
+                    {"status": "interrupted", "step": i.step, "error": msg},
+                )
+                raise RunInterrupted(msg) from None
+            wall = time.perf_counter() - t0
+            summary = {
+                "status": "ok",
+                "steps": result.steps,
+                "loss": {
+                    "alpha": loss.alpha,
+                    "beta": loss.beta,
+                    "tv": loss.tv,
+                    "ab_ratio": cfg.loss.get("ab_ratio"),
+                },
+                "final": result.final_metrics,
+                "initial": result.initial_metrics,
+                "wall_s": wall,
+                "compile_s": result.compile_s,
+                "optimize_s": result.optimize_s,
+                "sec_per_step": result.sec_per_step,
+                "steps_per_s": 1.0 / result.sec_per_step if result.sec_per_step > 0 else None,
+                "backbone": {
+                    "arch": backbone.arch,
+                    "pooling": backbone.pooling,
+                    "preprocessing": backbone.preprocessing,
+                    **winfo,
+                },
+                "content": {
+                    "path": str(images.resolve_path(cfg.content)),
+                    "original_hw": list(content_raw.shape[:2]),
+                    "hw": list(content.shape[:2]),
+                },
+                "style": {
+                    "path": str(images.resolve_path(cfg.style)),
+                    "original_hw": list(style_raw.shape[:2]),
+                    "hw": list(style.shape[:2]),
+                },
+                "result": str(run_dir / "result.png"),
+                "seed": int(cfg.seed),
+                "started_at": started_at,
+                "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "pid": os.getpid(),
+                "job": {"name": job.name, "group": job.group, "overrides": job.overrides},
+                "versions": _versions(),
+                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            }
+            writer.write_result(result.steps, result.image)
+            writer.write_summary(
+                {
+                    **{f"final/{k}": v for k, v in result.final_metrics.items()},
+                    "wall_s": wall,
+                    "steps": result.steps,
+                    "steps_per_s": summary["steps_per_s"],
+                    "compile_s": result.compile_s,
+                }
+            )
+            # result.png, then summary.json last: a summary means the run is complete.
+            images.save_image(result.image, run_dir / "result.png")
+            atomic_write_json(run_dir / "summary.json", summary)
+            ckpt_path.unlink(missing_ok=True)  # finished: the result supersedes the checkpoint
+            exit_code = 0
+        finally:
+            writer.close(exit_code)
+    return summary
+
+
+def _record_divergence(d: Diverged, cfg: DictConfig, run_dir: Path, t0: float) -> DivergedError:
+    """Keep the last finite image and a summary that says diverged (never ok); no result.png."""
+    images.save_image(d.image, run_dir / "last_finite.png")
+    msg = (
+        f"diverged at step {d.step}: the loss or the pixels became non-finite; the last finite "
+        f"image is {run_dir / 'last_finite.png'} (lower optimizer.lr or the loss weights)"
+    )
+    atomic_write_json(
+        run_dir / "summary.json",
+        {
+            "status": "diverged",
+            "step": d.step,
+            "error": msg,
+            "last": d.metrics,
+            "wall_s": time.perf_counter() - t0,
             "seed": int(cfg.seed),
-            "started_at": started_at,
-            "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "pid": os.getpid(),
-            "job": {"name": job.name, "group": job.group, "overrides": job.overrides},
             "versions": _versions(),
             "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        }
-        writer.write_result(result.steps, result.image)
-        writer.write_summary(
-            {
-                **{f"final/{k}": v for k, v in result.final_metrics.items()},
-                "wall_s": wall,
-                "steps": result.steps,
-                "steps_per_s": summary["steps_per_s"],
-                "compile_s": result.compile_s,
-            }
-        )
-        # result.png, then summary.json last: a summary means the run is complete.
-        images.save_image(result.image, run_dir / "result.png")
-        atomic_write_json(run_dir / "summary.json", summary)
-        exit_code = 0
-    finally:
-        writer.close(exit_code)
-    return summary
+        },
+    )
+    return DivergedError(msg)
 
 
 def _check_paper_images(cfg: DictConfig) -> None:

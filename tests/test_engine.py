@@ -179,3 +179,19 @@ def test_deterministic(vgg16_params, pair):
     a = stylize(content, style, content, vgg16_params, **kw).image
     b = stylize(content, style, content, vgg16_params, **kw).image
     assert np.array_equal(a, b)
+
+
+def test_divergence_guard_stops_with_last_finite_image(vgg16_params, pair):
+    from nst.engine import Diverged
+
+    content, style = pair
+    start = np.random.default_rng(0).uniform(0, 255, content.shape).astype(np.float32)
+    rec = Recorder()
+    huge = LossSpec(**{**SMALL.__dict__, "alpha": 1e38})  # content term overflows float32
+    with pytest.raises(Diverged) as e:
+        stylize(content, style, start, vgg16_params, backbone=BackboneSpec(), loss=huge,
+                optimizer=OptimizerSpec(), steps=5, writer=rec, progress=False)
+    assert e.value.step == 0
+    np.testing.assert_array_equal(e.value.image, start)  # nothing was lost or corrupted
+    assert not np.isfinite(e.value.metrics["total"])
+    assert rec.rows and rec.rows[-1][0] == 0

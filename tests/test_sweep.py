@@ -153,6 +153,8 @@ def test_failed_job_is_reported_and_others_run(tmp_path, write_png):
         f"style={good}",
     )
     assert p.returncode != 0
+    assert "Traceback" not in p.stderr
+    assert "1 of 3 jobs failed" in p.stderr and "bad.png" in p.stderr.splitlines()[-1]
     rows = _csv(sweep / "summary.csv")
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     assert "bad.png" in rows[1]["error"]
