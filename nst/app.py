@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
-IGNORED_OVERRIDES = ("hydra.", "progress", "debug", "logger")
+IGNORED_OVERRIDES = ("hydra.", "progress", "debug", "logger", "resume")
 
 
 def _swept_keys(hc: DictConfig) -> set[str]:
@@ -106,8 +107,30 @@ def _hydra_main(cfg: DictConfig) -> None:
     )
 
 
+def check_output_dirs(argv: list[str]) -> str | None:
+    """A one-line problem with ``hydra.run.dir=`` / ``hydra.sweep.dir=`` on the command line, found
+    before Hydra tries (and fails with a traceback) to create the directory."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or not value:
+            continue
+        path = Path(value.split("${", 1)[0] or ".").expanduser()
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"output directory {value} cannot be created: {existing} is not a directory"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"output directory {value} cannot be created: {existing} is not writable"
+    return None
+
+
 def main() -> None:
     """Console-script entry point (``nst``)."""
+    problem = check_output_dirs(sys.argv[1:])
+    if problem:
+        print(f"nst: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     # Hydra logs at INFO; JAX's backend probing ("Unable to initialize backend 'tpu'") is noise.
     logging.getLogger("jax").setLevel(logging.WARNING)
     register_configs()

@@ -159,6 +159,14 @@ class LoggerConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    # Stop when the total loss has not fallen by a relative min_delta over `patience` log rows
+    # (0: never), as some reference implementations do.
+    patience: int = 0
+    min_delta: float = 1e-3
+
+
+@dataclass
 class NSTConfig:
     content: str = "sample:chelsea"
     style: str = "sample:ihc"
@@ -170,6 +178,7 @@ class NSTConfig:
     steps_per_call: int = 0  # 0: backend default (1 on CPU)
     checkpoint_every: int = 50  # full state to RUN_DIR/checkpoint.npz every N steps (0: never)
     resume: bool = False  # continue from RUN_DIR/checkpoint.npz; skip a finished run
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     max_pixels: int = 100_000_000
     progress: bool = True
     debug: bool = False

@@ -297,6 +297,8 @@ def stylize(
     checkpoint_every: int = 0,
     resume_state: Mapping[str, np.ndarray] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    early_stop_patience: int = 0,
+    early_stop_min_delta: float = 1e-3,
 ) -> RunResult:
     """Optimize ``init`` (``(H, W, 3)``, 0..255) so its features match ``content``'s and its Grams
     match ``style``'s. Logs rows at step 0, every ``log_every`` steps and at ``steps`` (the
@@ -305,7 +307,10 @@ def stylize(
     Every ``checkpoint_every`` steps the full state (pixels, optimizer state, step) is written
     atomically to ``checkpoint_path``; ``resume_state`` (from :func:`load_checkpoint`) continues
     from one, bit-identically on CPU. ``should_stop()`` is polled after every call (signal
-    handlers set it): the state is checkpointed and :class:`Interrupted` raised."""
+    handlers set it): the state is checkpointed and :class:`Interrupted` raised.
+
+    Early stopping (``early_stop_patience`` > 0): the run ends when the total loss has not fallen
+    by a relative ``early_stop_min_delta`` over ``early_stop_patience`` consecutive log rows."""
     writer = writer or MetricWriter()
     model = make_model(backbone, loss)
     params = trim_params(model, params)
@@ -357,6 +362,7 @@ def stylize(
     last_log_t, last_log_step = time.perf_counter(), start
     t_start = time.perf_counter()
     done = start
+    best, stale = float("inf"), 0
     with tqdm(
         total=steps,
         initial=start,
@@ -389,6 +395,9 @@ def stylize(
                         initial = row
                 bar.set_postfix(loss=f"{row['total']:.4g}", refresh=False)
                 last_log_t, last_log_step = now, end
+                if early_stop_patience > 0:
+                    improved = row["total"] < best * (1.0 - early_stop_min_delta)
+                    best, stale = (row["total"], 0) if improved else (best, stale + 1)
             bar.update(end - done)
             done = end
             if save_every > 0 and done % save_every == 0 and done < steps:
@@ -398,6 +407,8 @@ def stylize(
             if should_stop is not None and should_stop() and done < steps:
                 save_ckpt(state)
                 raise Interrupted(done, np.asarray(jax.device_get(state.image)))
+            if early_stop_patience > 0 and stale >= early_stop_patience:
+                break  # plateau: the image after `done` steps is the result
     optimize_s = time.perf_counter() - t_start
 
     final_image = np.asarray(jax.device_get(state.image))
@@ -405,12 +416,12 @@ def stylize(
     final = jax.device_get(final)
     final = {name: float(final[name]) for name in order}
     final["sec_per_step"] = float(np.median(step_times)) if step_times else 0.0
-    writer.write_scalars(steps, final)
+    writer.write_scalars(done, final)
     return RunResult(
         image=final_image,
         final_metrics=final,
         initial_metrics=initial or final,
-        steps=steps,
+        steps=done,
         compile_s=compile_s,
         optimize_s=optimize_s,
         sec_per_step=final["sec_per_step"],

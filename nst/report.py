@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from nst.files import atomic_write_bytes
 
 THUMB = 192
-SWEEP_EXCLUDE = ("hydra.", "progress", "debug")
+SWEEP_EXCLUDE = ("hydra.", "progress", "debug", "resume")
 
 
 @dataclass

@@ -166,6 +166,38 @@ def make_init(
     raise ConfigError(f"unknown init {kind!r}; valid: content, noise, style, file")
 
 
+def available_memory() -> int:
+    """Bytes the OS reports available (MemAvailable), or total physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def estimate_memory(arch: str, layers: list[str], hw: tuple[int, int]) -> int:
+    """Rough peak bytes of one float32 step on an ``hw`` image: every activation up to the deepest
+    layer kept for the backward pass plus its gradient and XLA temporaries (x4), and the
+    image-sized buffers (pixels, gradient, optimizer moments, targets)."""
+    acts = vgg.activation_count(arch, vgg.deepest_layer(arch, layers), *hw)
+    return 4 * (4 * acts + 8 * hw[0] * hw[1] * 3)
+
+
+def check_memory(arch: str, layers: list[str], original_hw: tuple[int, int], size: int) -> None:
+    """Refuse sizes whose estimated memory exceeds what the machine has available."""
+    scale = size / max(original_hw)
+    hw = (max(1, round(original_hw[0] * scale)), max(1, round(original_hw[1] * scale)))
+    need, have = estimate_memory(arch, layers, hw), available_memory()
+    if need > 0.9 * have:
+        raise ConfigError(
+            f"size={size} ({hw[1]}x{hw[0]} px) needs an estimated {need / 2**30:.1f} GiB, more than "
+            f"the {have / 2**30:.1f} GiB available; use a smaller size"
+        )
+
+
 def check_size(arch: str, layers: list[str], hw: tuple[int, int], size: int) -> None:
     """The deepest layer must keep at least one position after its poolings."""
     need = 2 ** vgg.downsampling(arch, vgg.deepest_layer(arch, layers))
@@ -285,7 +317,6 @@ def run(cfg: DictConfig, run_dir: str | Path, job: JobInfo | None = None) -> dic
 
 
 def _run(cfg: DictConfig, run_dir: Path, job: JobInfo) -> dict[str, Any]:
-    from nst.weights import resolve_params  # heavy (onnx, h5py): import only when running
 
     t0 = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -312,43 +343,15 @@ def _run(cfg: DictConfig, run_dir: Path, job: JobInfo) -> dict[str, Any]:
     for stale in ("error.json", "summary.json", "interrupted.png", "last_finite.png"):
         (run_dir / stale).unlink(missing_ok=True)
 
-    max_pixels = int(cfg.max_pixels)
-    _check_paper_images(cfg)
-    content_raw = images.load_image(cfg.content, max_pixels)
-    style_raw = images.load_image(cfg.style, max_pixels)
-    content = images.resize_longest(content_raw, size)
-    check_size(backbone.arch, loss.layers, content.shape[:2], size)
-    # The paper resizes the style image to the content's size; keep its aspect ratio.
-    style = images.resize_longest(style_raw, max(content.shape[:2]))
-    check_size(backbone.arch, loss.style_layers or loss.layers, style.shape[:2], size)
-
-    init = make_init(
-        _name(cfg.init.name),
-        content,
-        style,
-        seed=int(cfg.seed),
-        distribution=_name(cfg.init.distribution),
-        scale=float(cfg.init.scale),
-        mix=float(cfg.init.mix),
-        path=cfg.init.path,
-        max_pixels=max_pixels,
-    )
-
-    params, winfo = resolve_params(
-        backbone.arch,
-        _name(cfg.backbone.weights),
-        cfg.backbone.weights_path,
-        int(cfg.backbone.seed),
-        url=cfg.backbone.url,
-    )
-    backbone = BackboneSpec(
-        arch=backbone.arch,
-        pooling=backbone.pooling,
-        preprocessing=winfo["preprocessing"],
-        dtype=backbone.dtype,
-    )
-
+    # Trackers start first, so that a job failing on its inputs is recorded there too.
     writer = make_writer(cfg, run_dir, job, resume=resume_state is not None)
+    try:
+        prepared = _prepare(cfg, backbone, loss, size)
+    except BaseException as e:
+        writer.write_summary({"status": "failed", "error": _one_line(e)})
+        writer.close(1)
+        raise
+    content, style, init, params, winfo, backbone, content_raw, style_raw = prepared
     with stop_on_signals() as stop:
         exit_code = 1
         try:
@@ -371,6 +374,8 @@ def _run(cfg: DictConfig, run_dir: Path, job: JobInfo) -> dict[str, Any]:
                     checkpoint_every=int(cfg.get("checkpoint_every", 0)),
                     resume_state=resume_state,
                     should_stop=stop.is_set,
+                    early_stop_patience=int(cfg.early_stop.patience),
+                    early_stop_min_delta=float(cfg.early_stop.min_delta),
                 )
             except Diverged as d:
                 raise _record_divergence(d, cfg, run_dir, t0) from None
@@ -442,9 +447,62 @@ def _run(cfg: DictConfig, run_dir: Path, job: JobInfo) -> dict[str, Any]:
             atomic_write_json(run_dir / "summary.json", summary)
             ckpt_path.unlink(missing_ok=True)  # finished: the result supersedes the checkpoint
             exit_code = 0
+        except BaseException as e:
+            status = {DivergedError: "diverged", RunInterrupted: "interrupted"}.get(
+                type(e), "failed"
+            )
+            writer.write_summary({"status": status, "error": _one_line(e)})
+            raise
         finally:
             writer.close(exit_code)
     return summary
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _prepare(cfg: DictConfig, backbone: BackboneSpec, loss: LossSpec, size: int) -> tuple:
+    """Images (checked and resized), the initial image and the backbone weights."""
+    from nst.weights import resolve_params  # heavy (onnx, h5py): import only when running
+
+    max_pixels = int(cfg.max_pixels)
+    _check_paper_images(cfg)
+    content_raw = images.load_image(cfg.content, max_pixels)
+    style_raw = images.load_image(cfg.style, max_pixels)
+    check_memory(backbone.arch, loss.layers, content_raw.shape[:2], size)
+    content = images.resize_longest(content_raw, size)
+    check_size(backbone.arch, loss.layers, content.shape[:2], size)
+    # The paper resizes the style image to the content's size; keep its aspect ratio.
+    style = images.resize_longest(style_raw, max(content.shape[:2]))
+    check_size(backbone.arch, loss.style_layers or loss.layers, style.shape[:2], size)
+
+    init = make_init(
+        _name(cfg.init.name),
+        content,
+        style,
+        seed=int(cfg.seed),
+        distribution=_name(cfg.init.distribution),
+        scale=float(cfg.init.scale),
+        mix=float(cfg.init.mix),
+        path=cfg.init.path,
+        max_pixels=max_pixels,
+    )
+
+    params, winfo = resolve_params(
+        backbone.arch,
+        _name(cfg.backbone.weights),
+        cfg.backbone.weights_path,
+        int(cfg.backbone.seed),
+        url=cfg.backbone.url,
+    )
+    backbone = BackboneSpec(
+        arch=backbone.arch,
+        pooling=backbone.pooling,
+        preprocessing=winfo["preprocessing"],
+        dtype=backbone.dtype,
+    )
+    return content, style, init, params, winfo, backbone, content_raw, style_raw
 
 
 def _record_divergence(d: Diverged, cfg: DictConfig, run_dir: Path, t0: float) -> DivergedError:

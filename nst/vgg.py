@@ -65,6 +65,18 @@ def channels(arch: str, layer: str) -> int:
     return CHANNELS[block - 1]
 
 
+def activation_count(arch: str, last_layer: str, h: int, w: int) -> int:
+    """Number of activation values one ``h`` x ``w`` image produces up to ``last_layer``."""
+    total = 0
+    for name in layer_names(arch):
+        block = int(name[4])
+        pools = block - 1 + (1 if name.startswith("pool") else 0)
+        total += (h >> pools) * (w >> pools) * CHANNELS[block - 1]
+        if name == last_layer:
+            break
+    return total
+
+
 def deepest_layer(arch: str, names: Iterable[str]) -> str:
     """The requested layer that comes last in the forward pass."""
     order = {n: k for k, n in enumerate(layer_names(arch))}

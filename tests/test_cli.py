@@ -168,30 +168,113 @@ def test_vgg19_offline_without_weights_is_one_line(tmp_path, write_png):
     assert "http" in msg
 
 
+def _bad_inputs(tmp: Path, good: Path) -> dict[str, tuple[list[str], list[str], dict]]:
+    """name -> (overrides, needles in the one-line message, extra env)."""
+    from PIL import Image
+
+    text = tmp / "notes.txt"
+    text.write_text("not an image")
+    empty = tmp / "empty.png"
+    empty.write_bytes(b"")
+    jpg = tmp / "t.jpg"
+    Image.open(good).convert("RGB").save(jpg, quality=95)
+    cut_jpg = tmp / "cut.jpg"
+    cut_jpg.write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) // 2])
+    cut_png = tmp / "cut.png"
+    cut_png.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    afile = tmp / "afile"
+    afile.write_text("x")
+    bad_h5 = tmp / "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    bad_h5.write_bytes(b"not the weights")
+    return {
+        "missing-content": (
+            ["content=/nonexistent/c.png"],
+            ["/nonexistent/c.png", "no such file"],
+            {},
+        ),
+        "missing-style": ([f"style={tmp / 'nope.jpg'}"], ["nope.jpg", "no such file"], {}),
+        "directory": ([f"content={tmp}"], [str(tmp), "directory"], {}),
+        "not-an-image": ([f"content={text}"], ["notes.txt", "not an image"], {}),
+        "truncated-jpeg": ([f"content={cut_jpg}"], ["cut.jpg", "decode"], {}),
+        "truncated-png": ([f"style={cut_png}"], ["cut.png", "decode"], {}),
+        "zero-bytes": ([f"content={empty}"], ["empty.png", "0 bytes"], {}),
+        "pixel-limit": (["max_pixels=100"], ["exceeds the limit of 100"], {}),
+        "too-small": (["size=8"], ["minimum", "16"], {}),
+        "size-zero": (["size=0"], ["size"], {}),
+        "size-absurd": (["size=200000"], ["size=200000", "GiB", "available"], {}),
+        "unknown-layer": (["layers.style_layers={conv9_1: 1.0}"], ["conv9_1", "conv5_3"], {}),
+        "empty-layers": (["layers=custom"], ["empty"], {}),
+        "negative-weight": (["loss.beta=-1"], ["loss.beta", "-1"], {}),
+        "nan-weight": (["loss.alpha=nan"], ["loss.alpha", "nan"], {}),
+        "nan-layer-weight": (["layers.style_layers.conv1_1=nan"], ["conv1_1=nan"], {}),
+        "init-file-no-path": (["init=file"], ["init.path"], {}),
+        "init-file-missing": (["init=file", "init.path=/nope/start.png"], ["/nope/start.png"], {}),
+        "weights-checksum": (
+            ["backbone=vgg19", f"backbone.weights_path={bad_h5}"],
+            [bad_h5.name, "253f8cb515780f3b799900260a226db6"],
+            {},
+        ),
+        "cache-dir-unusable": (["backbone=vgg16"], [str(afile)], {"NST_CACHE_DIR": str(afile)}),
+    }
+
+
+BAD_INPUTS = [
+    "missing-content",
+    "missing-style",
+    "directory",
+    "not-an-image",
+    "truncated-jpeg",
+    "truncated-png",
+    "zero-bytes",
+    "pixel-limit",
+    "too-small",
+    "size-zero",
+    "size-absurd",
+    "unknown-layer",
+    "empty-layers",
+    "negative-weight",
+    "nan-weight",
+    "nan-layer-weight",
+    "init-file-no-path",
+    "init-file-missing",
+    "weights-checksum",
+    "cache-dir-unusable",
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_one_line(tmp_path, write_png, case):
+    """Issue 5 acceptance 1: each bad input -> exit != 0, one line naming the problem, and no
+    result.png / summary.json claiming success."""
+    good = write_png("good.png")
+    args, needles, env = _bad_inputs(tmp_path, good)[case]
+    out = tmp_path / "run"
+    p = nst(f"content={good}", f"style={good}", *TINY, *args, f"hydra.run.dir={out}", env=env)
+    assert_clean_failure(p, out, *needles)
+
+
 @pytest.mark.parametrize(
-    "args,needles",
+    "override,needle",
     [
-        (["content=/nonexistent/c.png"], ["/nonexistent/c.png", "no such file"]),
-        (["layers.style_layers={conv9_1: 1.0}"], ["conv9_1", "conv5_3"]),
-        (["size=0"], ["size"]),
-        (["size=8"], ["minimum", "16"]),
-        (["init=file"], ["init.path"]),
-        (["loss.beta=-1"], ["loss.beta"]),
-    ],
-    ids=[
-        "missing-file",
-        "unknown-layer",
-        "size-zero",
-        "too-small",
-        "init-file-no-path",
-        "neg-beta",
+        ("optimizer=adamm", "Could not find 'optimizer/adamm'"),
+        ("backbone=resnet", "Could not find 'backbone/resnet'"),
+        ("init=zeros", "Could not find 'init/zeros'"),
     ],
 )
-def test_bad_input_one_line(tmp_path, write_png, args, needles):
-    c = write_png("c.png")
+def test_unknown_group_option_is_hydras_clear_message(tmp_path, override, needle):
     out = tmp_path / "run"
-    p = nst(f"content={c}", f"style={c}", *TINY, *args, f"hydra.run.dir={out}")
-    assert_clean_failure(p, out, *needles)
+    p = nst(*TINY, override, f"hydra.run.dir={out}")
+    assert p.returncode != 0 and needle in p.stderr and "Available options" in p.stderr
+    assert not out.exists()
+
+
+def test_output_dir_not_writable(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    p = nst(*TINY, f"hydra.run.dir={blocker}/run")
+    assert p.returncode == 2 and p.stderr.strip() == (
+        f"nst: error: output directory {blocker}/run cannot be created: {blocker} is not a directory"
+    )
 
 
 def test_missing_paper_images_say_how_to_fetch(tmp_path):
@@ -232,8 +315,9 @@ def test_divergence_guard_keeps_last_finite_image(tmp_path, write_png):
     """Issue 5 acceptance 4: a NaN/inf loss stops the job cleanly with status diverged."""
     c = write_png("c.png")
     out = tmp_path / "run"
-    p = nst(f"content={c}", f"style={c}", *TINY, "loss.alpha=1e38", "init=noise",
-            f"hydra.run.dir={out}")
+    p = nst(
+        f"content={c}", f"style={c}", *TINY, "loss.alpha=1e38", "init=noise", f"hydra.run.dir={out}"
+    )
     assert p.returncode != 0
     assert len(p.stderr.strip().splitlines()) == 1 and "diverged at step" in p.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -267,13 +351,27 @@ def test_killed_run_resumes_byte_identical(tmp_path, write_png, how):
     import signal
 
     c, s = write_png("c.png", 40, 48, 1), write_png("s.png", 48, 48, 2)
-    args = [f"content={c}", f"style={s}", "backbone=random_vgg16", "size=48", "steps=40",
-            "log_every=1", "save_every=0", "checkpoint_every=4", "progress=false", "init=noise"]
+    args = [
+        f"content={c}",
+        f"style={s}",
+        "backbone=random_vgg16",
+        "size=48",
+        "steps=40",
+        "log_every=1",
+        "save_every=0",
+        "checkpoint_every=4",
+        "progress=false",
+        "init=noise",
+    ]
     ref = tmp_path / "ref"
     assert nst(*args, f"hydra.run.dir={ref}").returncode == 0
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "nst.app", *args, f"hydra.run.dir={run}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nst.app", *args, f"hydra.run.dir={run}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_step(run / "checkpoint.npz", 8, proc)
     proc.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

@@ -189,9 +189,55 @@ def test_divergence_guard_stops_with_last_finite_image(vgg16_params, pair):
     rec = Recorder()
     huge = LossSpec(**{**SMALL.__dict__, "alpha": 1e38})  # content term overflows float32
     with pytest.raises(Diverged) as e:
-        stylize(content, style, start, vgg16_params, backbone=BackboneSpec(), loss=huge,
-                optimizer=OptimizerSpec(), steps=5, writer=rec, progress=False)
+        stylize(
+            content,
+            style,
+            start,
+            vgg16_params,
+            backbone=BackboneSpec(),
+            loss=huge,
+            optimizer=OptimizerSpec(),
+            steps=5,
+            writer=rec,
+            progress=False,
+        )
     assert e.value.step == 0
     np.testing.assert_array_equal(e.value.image, start)  # nothing was lost or corrupted
     assert not np.isfinite(e.value.metrics["total"])
     assert rec.rows and rec.rows[-1][0] == 0
+
+
+def test_early_stop_on_plateau(vgg16_params, pair):
+    content, style = pair
+    rec = Recorder()
+    r = stylize(
+        content,
+        style,
+        content,
+        vgg16_params,
+        backbone=BackboneSpec(),
+        loss=SMALL,
+        optimizer=OptimizerSpec(lr=1e-6),
+        steps=50,
+        log_every=2,
+        writer=rec,
+        progress=False,
+        early_stop_patience=2,
+        early_stop_min_delta=1e-3,
+    )
+    assert r.steps < 50  # stopped on the plateau
+    assert [s for s, _ in rec.rows][-1] == r.steps
+    moving = stylize(
+        content,
+        style,
+        content,
+        vgg16_params,
+        backbone=BackboneSpec(),
+        loss=SMALL,
+        optimizer=OptimizerSpec(lr=5.0),
+        steps=8,
+        log_every=2,
+        progress=False,
+        early_stop_patience=2,
+    )
+    assert moving.steps == 8

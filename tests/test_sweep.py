@@ -151,6 +151,8 @@ def test_failed_job_is_reported_and_others_run(tmp_path, write_png):
         "loss.beta=1e2",
         f"hydra.sweep.dir={sweep}",
         f"style={good}",
+        "logger=wandb",
+        "logger.mode=offline",
     )
     assert p.returncode != 0
     assert "Traceback" not in p.stderr
@@ -158,6 +160,15 @@ def test_failed_job_is_reported_and_others_run(tmp_path, write_png):
     rows = _csv(sweep / "summary.csv")
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     assert "bad.png" in rows[1]["error"]
+    failed_run = next((sweep).glob("1_*/wandb/offline-run-*"))  # the failure is in W&B too
+    out = subprocess.run(
+        ["wandb", "leet", "inspect", "--summary", "--json", str(failed_run)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    state = json.loads(out.stdout)
+    assert state["exit_code"] == 1 and state["summary"]["status"] == "failed"
     report = (sweep / "report.html").read_text()
     assert 'class="bad"' in report and "bad.png: cannot decode image" in report
 
@@ -175,3 +186,23 @@ def test_sweep_configs_compose(sweep_cfg, n):
     params = cfg.hydra.sweeper.params
     assert sum(len(str(v).split(",")) for v in params.values()) == n
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+
+
+def test_sweep_resume_skips_finished_and_resumes_unfinished(tmp_path, write_png):
+    """Issue 5: re-running a sweep with resume=true reuses its job directories."""
+    good = write_png("good.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    sweep = tmp_path / "sweep"
+    args = ["-m", *FAST, f"content={good},{bad}", f"style={good}", f"hydra.sweep.dir={sweep}"]
+    assert nst(*args).returncode != 0
+    finished = next(sweep.glob("0_*/summary.json"))
+    stamp = finished.stat().st_mtime_ns
+    bad.write_bytes(good.read_bytes())  # the user fixes the bad image
+    p = nst(*args, "resume=true")
+    assert p.returncode == 0, p.stderr
+    assert "already finished" in p.stdout
+    assert finished.stat().st_mtime_ns == stamp  # not run again
+    assert len(list(sweep.iterdir())) == len(set(sweep.iterdir()))
+    rows = _csv(sweep / "summary.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok"]
