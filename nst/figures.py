@@ -97,6 +97,9 @@ def build_figure(sweep_dir: str | Path, figure: Mapping[str, Any]) -> dict[str, 
     title_h = 44
     caption = (figure.get("caption") or "").strip()
     backbone_note = (
+        # The images actually used: experiments name the paper's, users may override them.
+        f"Content {Path(str(settings.get('content'))).name}, style "
+        f"{Path(str(settings.get('style'))).name}. "
         f"Backbone: {settings.get('backbone')} ({settings.get('weights')} weights, "
         f"{settings.get('pooling')} pooling); {settings.get('size')} px, {settings.get('steps')} "
         f"{settings.get('optimizer')} steps, init {settings.get('init')}."
