@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from nst.config import register_configs
-from nst.errors import NstError
+from nst.errors import NstError, RunInterrupted
 
 if TYPE_CHECKING:
     from nst.run import JobInfo
@@ -97,9 +97,9 @@ def _hydra_main(cfg: DictConfig) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-        if multirun:
+        if multirun and not isinstance(e, RunInterrupted):
             return  # recorded in error.json: the other jobs run, the sweep ends non-zero
-        sys.exit(2)
+        sys.exit(2)  # a signal stops the whole sweep, not just this job
     final = summary["final"]
     print(
         f"nst: wrote {summary['result']}  (total {final['total']:.4g}, content {final['content']:.4g},"

@@ -206,3 +206,25 @@ def test_sweep_resume_skips_finished_and_resumes_unfinished(tmp_path, write_png)
     assert len(list(sweep.iterdir())) == len(set(sweep.iterdir()))
     rows = _csv(sweep / "summary.csv")
     assert [r["status"] for r in rows] == ["ok", "ok"]
+
+
+def test_sigterm_stops_the_whole_sweep(tmp_path, write_png):
+    import signal
+    import sys
+    import time
+
+    good = write_png("good.png")
+    sweep = tmp_path / "sweep"
+    args = [*FAST, "steps=400", "checkpoint_every=2", "log_every=1", f"content={good}",
+            f"style={good}", "loss.beta=1e2,1e3", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, "-m", "nst.app", "-m", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not list(sweep.glob("0_*/checkpoint.npz")):
+        assert proc.poll() is None and time.time() - t0 < 300
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "interrupted at step" in err
+    assert not list(sweep.glob("1_*"))  # the second job never started
+    assert json.loads(next(sweep.glob("0_*/summary.json")).read_text())["status"] == "interrupted"
