@@ -95,7 +95,8 @@ def make_model(backbone: BackboneSpec, loss: LossSpec) -> VGG:
 
 def trim_params(model: VGG, params: Params) -> dict[str, Any]:
     """Only the convolutions the truncated model uses, as device arrays."""
-    used = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    # Shapes only: eval_shape traces init without computing (and discarding) random weights.
+    used = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
     return jax.device_put({k: dict(params[k]) for k in used})
 
 
