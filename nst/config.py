@@ -38,6 +38,7 @@ class Norm(Enum):
     paper = "paper"
     mean = "mean"
     authors = "authors"
+    relative = "relative"
 
 
 class OptimizerName(Enum):
@@ -79,6 +80,21 @@ class BackboneConfig:
     pooling: Pooling = Pooling.max
     dtype: str = "float32"
     seed: int = 0  # only for weights=random
+    # The paper's *normalized* network (Gatys et al. 2016, Sec. 2): each filter rescaled to mean
+    # activation 1 over these images and positions (see nst/normalize.py); cached with the weights.
+    normalized: bool = False
+    normalize_images: list[str] = field(
+        default_factory=lambda: [
+            "sample:astronaut",
+            "sample:chelsea",
+            "sample:coffee",
+            "sample:rocket",
+            "sample:motorcycle_left",
+        ]
+    )
+    normalize_size: int = 256
+    # jax.checkpoint per VGG block: ~1/3 more compute, far less memory (larger images fit).
+    remat: bool = False
 
 
 class StyleWeighting(Enum):

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from nst import losses
 from nst.files import atomic_write_bytes
 from nst.optim import OptimizerSpec, make_optimizer
-from nst.vgg import VGG, deepest_layer
+from nst.vgg import VGG, apply_vgg, deepest_layer
 from nst.writers import MetricWriter
 
 PIXEL_MAX = 255.0
@@ -41,6 +41,9 @@ class BackboneSpec:
     pooling: str = "max"
     preprocessing: str = "caffe"
     dtype: str = "float32"
+    # jax.checkpoint per VGG block: the backward pass recomputes a block's activations instead
+    # of keeping them, so much larger images fit in memory (see nst.vgg.apply_vgg).
+    remat: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,24 @@ def make_model(backbone: BackboneSpec, loss: LossSpec) -> VGG:
         preprocessing=backbone.preprocessing,
         last_layer=deepest_layer(backbone.arch, loss.layers),
         dtype=jnp.dtype(backbone.dtype),
+        remat=backbone.remat,
+    )
+
+
+def features(model: VGG, params: Params, x: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    """``model``'s activations of ``x`` (``(N, H, W, 3)``); per-block rematerialized when
+    ``model.remat`` (the same function written with jax.checkpoint, :func:`nst.vgg.apply_vgg`)."""
+    if not model.remat:
+        return model.apply({"params": params}, x)
+    return apply_vgg(
+        params,
+        x,
+        arch=model.arch,
+        pooling=model.pooling,
+        preprocessing=model.preprocessing,
+        last_layer=model.last_layer,
+        dtype=model.dtype,
+        remat=True,
     )
 
 
@@ -107,8 +128,8 @@ def compute_targets(
 
     @jax.jit
     def targets(params, content, style):
-        fc = model.apply({"params": params}, content[None])
-        fs = model.apply({"params": params}, style[None])
+        fc = features(model, params, content[None])
+        fs = features(model, params, style[None])
         return {
             "content": {k: fc[k] for k in loss.content_layers},
             "style": {k: losses.gram(fs[k], loss.gram_norm) for k in loss.style_layers},
@@ -127,7 +148,7 @@ def make_loss_fn(model: VGG, loss: LossSpec) -> Callable[..., tuple[jnp.ndarray,
     style_layers = list(loss.style_layers)
 
     def loss_fn(image, params, targets, weights):
-        feats = model.apply({"params": params}, image[None])
+        feats = features(model, params, image[None])
         c = {
             k: losses.content_loss(feats[k], targets["content"][k], loss.content_norm)
             for k in content_layers

@@ -123,7 +123,10 @@ def specs_from_config(cfg: DictConfig) -> tuple[BackboneSpec, LossSpec, Optimize
     if opt.name != "lbfgs" and (opt.lr is None or not opt.lr > 0):
         raise ConfigError(f"optimizer.lr must be > 0 for {opt.name}, got {o.lr}")
     backbone = BackboneSpec(
-        arch=arch, pooling=_name(cfg.backbone.pooling), dtype=cfg.backbone.dtype
+        arch=arch,
+        pooling=_name(cfg.backbone.pooling),
+        dtype=cfg.backbone.dtype,
+        remat=bool(cfg.backbone.get("remat", False)),
     )
     return backbone, loss, opt
 
@@ -496,11 +499,26 @@ def _prepare(cfg: DictConfig, backbone: BackboneSpec, loss: LossSpec, size: int)
         int(cfg.backbone.seed),
         url=cfg.backbone.url,
     )
+    if bool(cfg.backbone.get("normalized", False)):
+        from nst.normalize import normalized_params
+
+        try:
+            params, ninfo = normalized_params(
+                params,
+                backbone.arch,
+                winfo["preprocessing"],
+                [str(s) for s in cfg.backbone.normalize_images],
+                int(cfg.backbone.normalize_size),
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        winfo = {**winfo, "normalized": ninfo}
     backbone = BackboneSpec(
         arch=backbone.arch,
         pooling=backbone.pooling,
         preprocessing=winfo["preprocessing"],
         dtype=backbone.dtype,
+        remat=backbone.remat,
     )
     return content, style, init, params, winfo, backbone, content_raw, style_raw
 

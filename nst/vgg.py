@@ -121,6 +121,7 @@ class VGG(nn.Module):
     preprocessing: str = "caffe"
     last_layer: str | None = None
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False  # honoured by nst.engine.features (per-block jax.checkpoint)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> dict[str, jnp.ndarray]:
@@ -154,3 +155,59 @@ def validate_layers(arch: str, names: Sequence[str]) -> None:
         raise ValueError(
             f"unknown layer(s) {', '.join(map(repr, bad))} for {arch}; valid: {', '.join(valid)}"
         )
+
+
+def apply_vgg(
+    params: dict,
+    x: jnp.ndarray,
+    *,
+    arch: str = "vgg16",
+    pooling: str = "max",
+    preprocessing: str = "caffe",
+    last_layer: str | None = None,
+    dtype: jnp.dtype = jnp.float32,
+    remat: bool = False,
+) -> dict[str, jnp.ndarray]:
+    """The same function as :class:`VGG` (same params, same outputs) written with plain JAX ops,
+    so that ``remat=True`` can wrap each block in :func:`jax.checkpoint`: the backward pass then
+    keeps only the block outputs and recomputes the activations inside a block when it needs
+    them, trading ~1/3 more compute for a peak memory of about one block's activations."""
+    import jax
+
+    if pooling not in ("max", "avg"):
+        raise ValueError(f"unknown pooling {pooling!r}; valid: max, avg")
+    names = layer_names(arch)
+    last = last_layer or names[-1]
+    stop = names.index(last)
+    x = preprocess(x, preprocessing).astype(dtype)
+
+    def block(p: dict, x: jnp.ndarray, layers: list[str]) -> dict[str, jnp.ndarray]:
+        out = {}
+        for name in layers:
+            if name.startswith("conv"):
+                k = jnp.asarray(p[name]["kernel"], dtype)
+                x = jax.lax.conv_general_dilated(
+                    x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+                ) + jnp.asarray(p[name]["bias"], dtype)
+            elif name.startswith("relu"):
+                x = jnp.maximum(x, 0)
+            elif pooling == "max":
+                x = jax.lax.reduce_window(
+                    x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+                )
+            else:
+                x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+                x = x / 4
+            out[name] = x
+        return out
+
+    feats: dict[str, jnp.ndarray] = {}
+    for b in range(1, len(BLOCKS[arch]) + 1):
+        layers = [n for n in names[: stop + 1] if n[4] == str(b)]
+        if not layers:
+            break
+        fn = jax.checkpoint(block, static_argnums=(2,)) if remat else block
+        out = fn({n: params[n] for n in layers if n.startswith("conv")}, x, tuple(layers))
+        feats.update(out)
+        x = out[layers[-1]]
+    return feats

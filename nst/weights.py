@@ -32,7 +32,7 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -249,6 +249,11 @@ def save_params(params: Params, path: str | os.PathLike[str]) -> None:
         for key, a in layer.items()
     }
     # A file object (not a name) keeps numpy from appending ".npz" to the temp name.
+    _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+
+
+def atomic_save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an ``.npz`` atomically (for small caches derived from the weights)."""
     _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
 
 

@@ -71,3 +71,22 @@ def test_tv_loss():
 def test_unknown_norm():
     with pytest.raises(ValueError, match="paper, mean"):
         losses.gram(feats(), "l2")
+
+
+def test_relative_norms_divide_by_the_targets_mean_square():
+    f, s = feats(), feats()
+    a = np_gram(s[0].astype(np.float64)) / s[0].size
+    g = np_gram(f[0].astype(np.float64)) / f[0].size
+    expected = np.mean((g - a) ** 2) / np.mean(a**2)
+    got = losses.style_layer_loss(f, losses.gram(s, "relative"), "relative")
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    d = f.astype(np.float64) - s
+    np.testing.assert_allclose(
+        losses.content_loss(f, s, "relative"),
+        np.mean(d**2) / np.mean(s.astype(np.float64) ** 2),
+        rtol=1e-5,
+    )
+    # Scale-free: multiplying features and target by the same factor changes nothing.
+    np.testing.assert_allclose(
+        losses.style_layer_loss(30 * f, losses.gram(30 * s, "relative"), "relative"), got, rtol=1e-4
+    )

@@ -215,10 +215,22 @@ def test_sigterm_stops_the_whole_sweep(tmp_path, write_png):
 
     good = write_png("good.png")
     sweep = tmp_path / "sweep"
-    args = [*FAST, "steps=400", "checkpoint_every=2", "log_every=1", f"content={good}",
-            f"style={good}", "loss.beta=1e2,1e3", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen([sys.executable, "-m", "nst.app", "-m", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        *FAST,
+        "steps=400",
+        "checkpoint_every=2",
+        "log_every=1",
+        f"content={good}",
+        f"style={good}",
+        "loss.beta=1e2,1e3",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nst.app", "-m", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     t0 = time.time()
     while not list(sweep.glob("0_*/checkpoint.npz")):
         assert proc.poll() is None and time.time() - t0 < 300

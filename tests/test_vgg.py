@@ -74,3 +74,23 @@ def test_downsampling_and_deepest():
     assert vgg.downsampling("vgg16", "conv4_2") == 3
     assert vgg.downsampling("vgg16", "conv1_1") == 0
     assert vgg.deepest_layer("vgg16", ["relu1_1", "conv4_2", "conv3_1"]) == "conv4_2"
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_apply_vgg_with_remat_is_the_same_function(vgg16_params, pooling):
+    x = jnp.asarray(smooth_image(36, 44))[None]
+    ref = vgg.VGG(pooling=pooling, last_layer="relu4_2").apply(
+        {"params": {k: vgg16_params[k] for k in vgg.conv_layer_names("vgg16")[:9]}}, x
+    )
+    for remat in (False, True):
+        out = vgg.apply_vgg(vgg16_params, x, pooling=pooling, last_layer="relu4_2", remat=remat)
+        assert set(out) == set(ref)
+        for k in ref:
+            np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-4)
+
+    def f(x, remat):
+        feats = vgg.apply_vgg(vgg16_params, x, pooling=pooling, last_layer="relu4_2", remat=remat)
+        return jnp.sum(feats["relu4_2"] ** 2) + jnp.sum(feats["relu1_1"])
+
+    g0, g1 = jax.grad(f)(x, False), jax.grad(f)(x, True)
+    np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-3 * float(jnp.abs(g0).max()))

@@ -1,0 +1,537 @@
+"""Benchmark suite for the style-transfer step (``scripts/bench.py``, ``nst-bench``).
+
+    nst-bench --sizes 256 512 --backbone vgg16 --steps 10 --compare-torch --out bench.jsonl
+
+Each configuration builds the real step of a run (content relu4_2, style relu1_1..relu5_1, Adam,
+pixel clipping; random weights: timing does not depend on their values), compiles it ahead of
+time, runs warm-up calls, then times ``--steps`` steps in calls of ``steps_per_call`` steps as a
+run does. One JSON line per measurement (``--out``) and a markdown table on stdout.
+
+FLOPs are analytic: 2·k²·C_in·C_out·H·W per convolution up to the deepest layer, forward plus an
+input-gradient backward of the same cost (no weight gradients are needed); Grams, losses and the
+optimizer are left out (<1%). ``--compare-torch`` runs the identical step in PyTorch eager
+(optional dependency) in the same process right after, and adds ``jax_over_torch``.
+``--grid N`` times an N-job α/β grid run sequentially and batched (:mod:`nst.batch`).
+``--max-size`` finds, from XLA's compiled memory analysis, the largest size whose step fits a
+memory budget, with and without ``remat``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Peak dense FLOP/s of accelerators we may be lent (vendor datasheets, dense, no sparsity), for MFU.
+PEAK_FLOPS = {
+    ("h100", "bfloat16"): 989e12,  # NVIDIA H100 SXM5 datasheet
+    ("h100", "float32"): 494e12,  # TF32 tensor cores (XLA's default precision for f32 convs)
+    ("h200", "bfloat16"): 989e12,
+    ("h200", "float32"): 494e12,
+}
+
+
+def hw_for(size: int) -> tuple[int, int]:
+    """A 3:4 landscape frame with ``size`` px on the longest side (as a photo would be)."""
+    return (size * 3 // 4, size)
+
+
+def conv_flops(arch: str, last_layer: str, h: int, w: int) -> int:
+    """FLOPs of one step on an ``h`` x ``w`` image: every convolution up to ``last_layer``,
+    forward and input-gradient backward (2 FLOPs per multiply-add, 2 passes)."""
+    from nst.vgg import conv_shapes, layer_names
+
+    names = layer_names(arch)
+    stop = names.index(last_layer)
+    total = 0
+    for name, (kh, kw, cin, cout) in conv_shapes(arch).items():
+        if names.index(name) > stop:
+            break
+        pools = int(name[4]) - 1
+        total += 2 * kh * kw * cin * cout * (h >> pools) * (w >> pools)
+    return 2 * total
+
+
+def _reset_peak_rss() -> None:
+    # Writing 5 to clear_refs resets the process's peak RSS (VmHWM) on Linux.
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _device_peak(device: Any) -> int | None:
+    try:
+        stats = device.memory_stats()
+    except Exception:
+        return None
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def device_kind() -> tuple[str, str]:
+    """(backend, short device name) of JAX's default device, e.g. ("gpu", "h100")."""
+    import jax
+
+    d = jax.devices()[0]
+    kind = getattr(d, "device_kind", "") or ""
+    short = next((k for k in ("h100", "h200", "a100") if k in kind.lower()), kind.lower())
+    return jax.default_backend(), short or platform.processor() or "cpu"
+
+
+def _inputs(size: int, batch: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    h, w = hw_for(size)
+    rng = np.random.default_rng(0)
+    content = rng.uniform(0, 255, (h, w, 3)).astype(np.float32)
+    style = rng.uniform(0, 255, (h, w, 3)).astype(np.float32)
+    init = rng.uniform(0, 255, (batch, h, w, 3)).astype(np.float32)
+    return content, style, init
+
+
+def _summary(times: Sequence[float]) -> dict[str, float]:
+    t = sorted(times)
+    q = lambda p: t[min(len(t) - 1, int(round(p * (len(t) - 1))))]  # noqa: E731
+    return {
+        "step_s_median": statistics.median(t),
+        "step_s_p10": q(0.1),
+        "step_s_p90": q(0.9),
+        "step_s_min": t[0],
+    }
+
+
+def bench_jax(
+    arch: str,
+    size: int,
+    *,
+    dtype: str = "float32",
+    steps: int = 10,
+    warmup: int = 2,
+    remat: bool = False,
+    steps_per_call: int = 0,
+    batch: int = 0,
+) -> dict[str, Any]:
+    """Time the jitted step of one configuration. ``batch`` > 0 times the batched grid step
+    (``batch`` images with their own α/β in one program, :mod:`nst.batch`)."""
+    import jax
+
+    from nst import batch as nbatch
+    from nst.engine import (
+        BackboneSpec,
+        LossSpec,
+        State,
+        compute_targets,
+        default_steps_per_call,
+        make_loss_fn,
+        make_model,
+        make_update_fn,
+        trim_params,
+    )
+    from nst.optim import OptimizerSpec, make_optimizer
+    from nst.vgg import deepest_layer
+    from nst.weights import random_params
+
+    backend, dev = device_kind()
+    k = steps_per_call or default_steps_per_call()
+    calls = max(1, -(-steps // k))
+    content, style, inits = _inputs(size, max(batch, 1))
+    backbone = BackboneSpec(arch=arch, dtype=dtype, remat=remat)
+    loss = LossSpec()
+    model = make_model(backbone, loss)
+    params = trim_params(model, random_params(arch, 0))
+    targets = compute_targets(model, params, content, style, loss)
+    tx = make_optimizer(OptimizerSpec())
+    loss_fn = make_loss_fn(model, loss)
+    if batch:
+        weights = nbatch.stack_weights([loss.weights()] * batch)
+        image = jax.numpy.asarray(inits)
+        state = nbatch.init_state(tx, image)
+        update = nbatch.make_batched_update_fn(loss_fn, tx, steps_per_call=k)
+    else:
+        weights = jax.device_put(loss.weights())
+        image = jax.numpy.asarray(inits[0])
+        state = State(image, tx.init(image), jax.numpy.zeros((), jax.numpy.int32))
+        state = jax.tree.map(lambda x: jax.numpy.array(x, copy=True), state)
+        update = make_update_fn(loss_fn, tx, steps_per_call=k)
+    _reset_peak_rss()
+    t0 = time.perf_counter()
+    compiled = jax.jit(update, donate_argnums=0).lower(state, params, targets, weights).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    for _ in range(warmup):
+        state, _m = compiled(state, params, targets, weights)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        state, _m = compiled(state, params, targets, weights)
+        jax.block_until_ready(state.image)
+        times.append((time.perf_counter() - t) / k)
+    h, w = hw_for(size)
+    images_per_step = max(batch, 1)
+    flops = conv_flops(arch, deepest_layer(arch, loss.layers), h, w) * images_per_step
+    row = {
+        "impl": "jax",
+        "backbone": arch,
+        "size": size,
+        "h": h,
+        "w": w,
+        "dtype": dtype,
+        "remat": remat,
+        "batch": batch,
+        "backend": backend,
+        "device": dev,
+        "steps_per_call": k,
+        "steps": calls * k,
+        "compile_s": compile_s,
+        **_summary(times),
+    }
+    row.update(_rates(row, flops, images_per_step, dtype, dev))
+    row["peak_bytes"] = _device_peak(jax.devices()[0]) if backend != "cpu" else _peak_rss()
+    if mem is not None:
+        row["xla_temp_bytes"] = int(mem.temp_size_in_bytes)
+        row["xla_total_bytes"] = int(
+            mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+        )
+    return row
+
+
+def _rates(row: dict, flops: int, images: int, dtype: str, dev: str) -> dict[str, Any]:
+    med = row["step_s_median"]
+    out: dict[str, Any] = {
+        "steps_per_s": 1.0 / med,
+        "mpix_steps_per_s": images * row["h"] * row["w"] / 1e6 / med,
+        "flops_per_step": flops,
+        "flops_per_s": flops / med,
+    }
+    peak = PEAK_FLOPS.get((dev, dtype))
+    out["mfu"] = flops / med / peak if peak else None
+    return out
+
+
+def bench_torch(
+    arch: str, size: int, *, steps: int = 10, warmup: int = 2, device: str = "cpu"
+) -> dict[str, Any]:
+    """The identical step in PyTorch eager: same random weights, Caffe preprocessing, relu4_2
+    content + relu{1..5}_1 style with Gram/(C·H·W) and mean squared errors, β=1e3, Adam lr 5,
+    clamp to 0..255. On CUDA: cuDNN autotuning and channels_last, as a tuned PyTorch user would."""
+    import torch
+    import torch.nn.functional as F
+
+    from nst.vgg import CAFFE_MEAN_BGR, conv_shapes, layer_names
+    from nst.weights import random_params
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    params = random_params(arch, 0)
+    names = layer_names(arch)
+    last = names.index("relu5_1")
+    w = {
+        n: (
+            torch.from_numpy(np.ascontiguousarray(params[n]["kernel"].transpose(3, 2, 0, 1)))
+            .to(dev)
+            .contiguous(memory_format=fmt),
+            torch.from_numpy(np.asarray(params[n]["bias"])).to(dev),
+        )
+        for n in conv_shapes(arch)
+    }
+    mean = torch.tensor(CAFFE_MEAN_BGR, device=dev).view(1, 3, 1, 1)
+    style_layers = [f"relu{b}_1" for b in range(1, 6)]
+
+    def feats(x):  # x: (1, 3, H, W) RGB 0..255
+        x = x.flip(1) - mean
+        out = {}
+        for n in names[: last + 1]:
+            if n.startswith("conv"):
+                x = F.conv2d(x, *w[n], padding=1)
+            elif n.startswith("relu"):
+                x = F.relu(x)
+            else:
+                x = F.max_pool2d(x, 2)
+            out[n] = x
+        return out
+
+    def gram(f):
+        _, c, h, ww = f.shape
+        f = f.reshape(c, h * ww)
+        return f @ f.t() / (c * h * ww)
+
+    content, style, inits = _inputs(size)
+    to = lambda a: (  # noqa: E731
+        torch.from_numpy(a.transpose(2, 0, 1)[None].copy()).to(dev).contiguous(memory_format=fmt)
+    )
+    with torch.no_grad():
+        p = feats(to(content))["relu4_2"]
+        fs = feats(to(style))
+        targets = {n: gram(fs[n]) for n in style_layers}
+    img = to(inits[0]).requires_grad_(True)
+    opt = torch.optim.Adam([img], lr=5.0)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        f = feats(img)
+        c = torch.mean((f["relu4_2"] - p) ** 2)
+        s = sum(0.2 * torch.mean((gram(f[n]) - targets[n]) ** 2) for n in style_layers)
+        (c + 1e3 * s).backward()
+        opt.step()
+        with torch.no_grad():
+            img.clamp_(0, 255)
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    _reset_peak_rss()
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    h, ww = hw_for(size)
+    row = {
+        "impl": "torch",
+        "backbone": arch,
+        "size": size,
+        "h": h,
+        "w": ww,
+        "dtype": "float32",
+        "remat": False,
+        "batch": 0,
+        "backend": dev.type,
+        "device": device_kind()[1] if cuda else "cpu",
+        "steps_per_call": 1,
+        "steps": steps,
+        "compile_s": 0.0,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        **_summary(times),
+    }
+    row.update(_rates(row, conv_flops(arch, "relu5_1", h, ww), 1, "float32", row["device"]))
+    row["peak_bytes"] = torch.cuda.max_memory_allocated() if cuda else _peak_rss()
+    return row
+
+
+def max_size(arch: str, budget_bytes: int, *, remat: bool, lo: int = 256, hi: int = 8192) -> int:
+    """Largest size (multiple of 64 px, longest side, 3:4) whose compiled step needs at most
+    ``budget_bytes`` according to XLA's memory analysis (temporaries + arguments + outputs)."""
+    import jax
+
+    from nst.engine import BackboneSpec, LossSpec, State, make_loss_fn, make_model, make_update_fn
+    from nst.optim import OptimizerSpec, make_optimizer
+    from nst.weights import random_params
+
+    loss = LossSpec()
+    model = make_model(BackboneSpec(arch=arch, remat=remat), loss)
+    params = {k: v for k, v in random_params(arch, 0).items()}
+    tx = make_optimizer(OptimizerSpec())
+    update = make_update_fn(make_loss_fn(model, loss), tx)
+
+    def need(size: int) -> int:
+        h, w = hw_for(size)
+        sds = jax.ShapeDtypeStruct
+        img = sds((h, w, 3), np.float32)
+        state = jax.eval_shape(lambda x: State(x, tx.init(x), np.int32(0)), img)
+        p = jax.tree.map(lambda a: sds(a.shape, np.float32), params)
+        feats = jax.eval_shape(lambda p, x: model.apply({"params": p}, x[None]), p, img)
+        targets = {
+            "content": {k: feats[k] for k in loss.content_layers},
+            "style": {k: sds((feats[k].shape[-1],) * 2, np.float32) for k in loss.style_layers},
+        }
+        weights = jax.tree.map(lambda a: sds((), np.float32), loss.weights())
+        m = jax.jit(update, donate_argnums=0).lower(state, p, targets, weights).compile()
+        a = m.memory_analysis()
+        return int(a.temp_size_in_bytes + a.argument_size_in_bytes + a.output_size_in_bytes)
+
+    lo_ok = lo
+    while lo < hi:  # binary search on multiples of 64
+        mid = (lo + hi + 64) // 128 * 64
+        if mid <= lo:
+            break
+        if need(mid) <= budget_bytes:
+            lo = lo_ok = mid
+        else:
+            hi = mid - 64
+    return lo_ok
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of benchmark rows."""
+    head = (
+        "| impl | backbone | size (HxW) | dtype | remat | batch | device | compile s "
+        "| step ms (p10-p90) | steps/s | MPix·steps/s | GFLOP/step | TFLOP/s | MFU | peak MiB "
+        "| jax/torch |"
+    )
+    lines = [head, "|" + "---|" * 16]
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.0f}%" if r.get("mfu") else "-"
+        peak = f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") else "-"
+        ratio = f"{r['jax_over_torch']:.2f}" if r.get("jax_over_torch") else "-"
+        lines.append(
+            f"| {r['impl']} | {r['backbone']} | {r['h']}x{r['w']} | {r['dtype']} | "
+            f"{'yes' if r['remat'] else 'no'} | {r['batch'] or 1} | {r['backend']}:{r['device']} | "
+            f"{r['compile_s']:.1f} | {1e3 * r['step_s_median']:.1f} "
+            f"({1e3 * r['step_s_p10']:.1f}-{1e3 * r['step_s_p90']:.1f}) | "
+            f"{r['steps_per_s']:.2f} | {r['mpix_steps_per_s']:.3f} | "
+            f"{r['flops_per_step'] / 1e9:.1f} | {r['flops_per_s'] / 1e12:.3f} | {mfu} | {peak} "
+            f"| {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def grid_bench(arch: str, size: int, jobs: int, steps: int, warmup: int) -> dict[str, Any]:
+    """A ``jobs``-job α/β grid: the sequential per-job step time x jobs vs one batched step."""
+    seq = bench_jax(arch, size, steps=steps, warmup=warmup)
+    bat = bench_jax(arch, size, steps=steps, warmup=warmup, batch=jobs)
+    return {
+        "impl": "grid",
+        "backbone": arch,
+        "size": size,
+        "jobs": jobs,
+        "sequential_s_per_grid_step": seq["step_s_median"] * jobs,
+        "batched_s_per_grid_step": bat["step_s_median"],
+        "batched_over_sequential_throughput": seq["step_s_median"] * jobs / bat["step_s_median"],
+        "sequential": seq,
+        "batched": bat,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="nst-bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024])
+    ap.add_argument("--backbone", nargs="+", default=["vgg16"], choices=["vgg16", "vgg19"])
+    ap.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per configuration (>=10)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
+    ap.add_argument("--steps-per-call", type=int, default=0, help="0: the engine's default")
+    ap.add_argument("--remat", choices=["no", "yes", "both"], default="no")
+    ap.add_argument("--compare-torch", action="store_true", help="also time PyTorch eager")
+    ap.add_argument("--grid", type=int, default=0, help="also time an N-job batched grid")
+    ap.add_argument("--max-size", type=float, default=0, help="budget GiB: largest size that fits")
+    ap.add_argument("--out", type=Path, help="append JSON lines here")
+    args = ap.parse_args(argv)
+
+    import jax
+
+    backend, dev = device_kind()
+    meta = {
+        "jax": jax.__version__,
+        "backend": backend,
+        "device": dev,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    rows: list[dict[str, Any]] = []
+    out = args.out.open("a") if args.out else None
+
+    def emit(row: dict[str, Any]) -> None:
+        row = {**row, **{f"meta_{k}": v for k, v in meta.items()}}
+        if out:
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+        print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}), flush=True)
+
+    remats = {"no": [False], "yes": [True], "both": [False, True]}[args.remat]
+    torch_device = "cuda" if backend == "gpu" else "cpu"
+    for arch in args.backbone:
+        for size in args.sizes:
+            jax_rows = []
+            for dtype in args.dtype:
+                for remat in remats:
+                    r = bench_jax(
+                        arch,
+                        size,
+                        dtype=dtype,
+                        steps=args.steps,
+                        warmup=args.warmup,
+                        remat=remat,
+                        steps_per_call=args.steps_per_call,
+                    )
+                    jax_rows.append(r)
+            if args.compare_torch:
+                t = bench_torch(
+                    arch, size, steps=args.steps, warmup=args.warmup, device=torch_device
+                )
+                for r in jax_rows:
+                    if r["dtype"] == "float32":
+                        r["jax_over_torch"] = r["step_s_median"] / t["step_s_median"]
+                rows += jax_rows + [t]
+                for r in [*jax_rows, t]:
+                    emit(r)
+            else:
+                rows += jax_rows
+                for r in jax_rows:
+                    emit(r)
+    grid_rows = []
+    if args.grid:
+        for arch in args.backbone:
+            for size in args.sizes:
+                g = grid_bench(arch, size, args.grid, args.steps, args.warmup)
+                grid_rows.append(g)
+                emit(g)
+    size_rows = []
+    if args.max_size:
+        budget = int(args.max_size * 2**30)
+        for arch in args.backbone:
+            for remat in (False, True):
+                s = max_size(arch, budget, remat=remat)
+                h, w = hw_for(s)
+                r = {
+                    "impl": "max_size",
+                    "backbone": arch,
+                    "remat": remat,
+                    "budget_gib": args.max_size,
+                    "size": s,
+                    "h": h,
+                    "w": w,
+                    "pixels": h * w,
+                }
+                size_rows.append(r)
+                emit(r)
+    if out:
+        out.close()
+
+    print()
+    print(table(rows))
+    for g in grid_rows:
+        print(
+            f"\ngrid {g['backbone']} {g['size']} px, {g['jobs']} jobs: sequential "
+            f"{g['sequential_s_per_grid_step']:.2f} s vs batched {g['batched_s_per_grid_step']:.2f} s "
+            f"per grid step -> {g['batched_over_sequential_throughput']:.2f}x throughput"
+        )
+    for r in size_rows:
+        print(
+            f"\nlargest {r['backbone']} step within {r['budget_gib']} GiB, remat={r['remat']}: "
+            f"{r['h']}x{r['w']} ({r['pixels'] / 1e6:.2f} MPix)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
