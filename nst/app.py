@@ -78,13 +78,18 @@ def job_info(hc: DictConfig) -> JobInfo:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    from nst.batch import current_job
     from nst.run import run  # after Hydra has parsed the command line: keeps --help fast
 
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
     multirun = hc.mode == RunMode.MULTIRUN
+    info = job_info(hc)
+    slot = current_job()  # set by hydra/launcher=batched: this job runs in a thread of a batch
+    if slot is not None:
+        slot.started()  # done with Hydra's global config: the next job may set up
     try:
-        summary = run(cfg, run_dir, job_info(hc))
+        summary = run(cfg, run_dir, info, stylize_fn=slot.stylize if slot else None)
     except Exception as e:
         if cfg.get("debug", False) or not (multirun or isinstance(e, NstError)):
             raise  # a bug in a single run keeps its traceback
@@ -92,7 +97,7 @@ def _hydra_main(cfg: DictConfig) -> None:
             print(f"nst: error: {e}", file=sys.stderr, flush=True)
         else:
             print(
-                f"nst: error: job {hc.job.num} failed: {type(e).__name__}: {e} "
+                f"nst: error: job {info.num} failed: {type(e).__name__}: {e} "
                 f"(traceback in {run_dir}/error.json)",
                 file=sys.stderr,
                 flush=True,

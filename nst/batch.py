@@ -10,15 +10,36 @@ reassociation.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
-from nst.engine import Metrics, State, make_update_fn
+from nst.engine import (
+    Diverged,
+    Interrupted,
+    Metrics,
+    RunResult,
+    State,
+    call_boundaries,
+    compute_targets,
+    default_steps_per_call,
+    make_loss_fn,
+    make_model,
+    make_update_fn,
+    save_checkpoint,
+    stylize,
+    trim_params,
+)
+from nst.optim import make_optimizer
+from nst.writers import MetricWriter
 
 
 def stack_weights(weights: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -47,3 +68,291 @@ def make_batched_update_fn(
         loss_fn, tx, needs_value_fn=needs_value_fn, steps_per_call=steps_per_call
     )
     return jax.vmap(single, in_axes=(0, None, None, 0))
+
+
+# --- Running many jobs' stylize() calls as one program. --------------------------------------
+
+_current = threading.local()
+
+
+@dataclass
+class JobSlot:
+    """What a job thread of the batched launcher knows: its coordinator, its index, and the
+    callback that tells the launcher the job has read Hydra's (process-global) config."""
+
+    coordinator: Coordinator
+    index: int
+    started: Callable[[], None]
+
+    def stylize(self, *args: Any, **kwargs: Any) -> RunResult:
+        return self.coordinator.submit(self.index, args, kwargs)
+
+
+def current_job() -> JobSlot | None:
+    """The batched-launcher slot of the calling thread (None outside the batched launcher)."""
+    return getattr(_current, "slot", None)
+
+
+def set_current_job(slot: JobSlot | None) -> None:
+    _current.slot = slot
+
+
+def _structure_key(kw: dict[str, Any]) -> tuple:
+    """Everything that must be equal for jobs to share one program; scalar weights and the
+    initial image may differ. Jobs that resume, stop early or checkpoint on their own run alone."""
+    loss = kw["loss"]
+    solo = kw.get("resume_state") is not None or kw.get("early_stop_patience", 0) > 0
+    return (
+        id(kw) if solo else 0,
+        kw["content"].shape,
+        kw["style"].shape,
+        kw["init"].shape,
+        kw["backbone"],
+        tuple(loss.content_layers),
+        tuple(loss.style_layers),
+        loss.gram_norm,
+        loss.content_norm,
+        kw["optimizer"],
+        kw["steps"],
+        kw.get("log_every", 10),
+        kw.get("save_every", 0),
+        kw.get("steps_per_call", 0),
+        kw.get("checkpoint_every", 0),
+    )
+
+
+def _same_arrays(a: Any, b: Any) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(
+        x is y or (np.shape(x) == np.shape(y) and np.array_equal(x, y))
+        for x, y in zip(la, lb, strict=True)
+    )
+
+
+def group_requests(requests: dict[int, dict[str, Any]]) -> list[list[int]]:
+    """Job indices grouped so that each group can run as one batched program: same structure
+    (:func:`_structure_key`) and identical content, style and backbone weights."""
+    groups: list[list[int]] = []
+    for i in sorted(requests):
+        kw = requests[i]
+        for g in groups:
+            ref = requests[g[0]]
+            if (
+                _structure_key(ref) == _structure_key(kw)
+                and _same_arrays(ref["content"], kw["content"])
+                and _same_arrays(ref["style"], kw["style"])
+                and _same_arrays(ref["params"], kw["params"])
+            ):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+class Coordinator:
+    """Rendezvous of the job threads of one launcher chunk. Each job calls :meth:`submit` with
+    the arguments of :func:`nst.engine.stylize` (or :meth:`leave` if it ends without getting
+    there); when every job of the chunk has done one or the other, the thread that completed the
+    set runs the groups (:func:`group_requests`) -- batched where a group has several jobs --
+    and every job gets its own result (or its own exception)."""
+
+    def __init__(self, n_jobs: int, should_stop: Callable[[], bool] | None = None):
+        self._n = n_jobs
+        self._cv = threading.Condition()
+        self._requests: dict[int, dict[str, Any]] = {}
+        self._left: set[int] = set()
+        self._results: dict[int, Any] = {}
+        self._started = False
+        self._should_stop = should_stop
+        self.groups: list[list[int]] = []
+
+    def submit(self, index: int, args: tuple, kwargs: dict[str, Any]) -> RunResult:
+        names = ("content", "style", "init", "params")
+        kw = {**dict(zip(names, args, strict=False)), **kwargs}
+        with self._cv:
+            self._requests[index] = kw
+            leader = self._ready()
+        if leader:
+            self._run_all()
+        with self._cv:
+            self._cv.wait_for(lambda: index in self._results)
+            out = self._results[index]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def leave(self, index: int) -> None:
+        with self._cv:
+            if index in self._requests or index in self._left:
+                return
+            self._left.add(index)
+            leader = self._ready()
+        if leader:
+            self._run_all()
+
+    def _ready(self) -> bool:
+        if self._started or len(self._requests) + len(self._left) < self._n:
+            return False
+        self._started = True
+        return True
+
+    def _run_all(self) -> None:
+        self.groups = group_requests(self._requests)
+        for g in self.groups:
+            try:
+                if len(g) == 1:
+                    kw = dict(self._requests[g[0]])
+                    if self._should_stop is not None:
+                        kw["should_stop"] = self._should_stop
+                    outs: list[Any] = [_call(stylize, kw)]
+                else:
+                    outs = stylize_batch(
+                        [self._requests[i] for i in g], should_stop=self._should_stop
+                    )
+            except BaseException as e:  # a failure of the whole group fails each of its jobs
+                outs = [e] * len(g)
+            with self._cv:
+                self._results.update(zip(g, outs, strict=True))
+                self._cv.notify_all()
+
+
+def _call(fn: Callable[..., Any], kw: dict[str, Any]) -> Any:
+    try:
+        return fn(**kw)
+    except Exception as e:
+        return e
+
+
+def stylize_batch(
+    requests: Sequence[dict[str, Any]], should_stop: Callable[[], bool] | None = None
+) -> list[RunResult | Exception]:
+    """Run several :func:`nst.engine.stylize` requests of the same structure (see
+    :func:`group_requests`) as one vmapped program. Each job logs to its own writer, snapshots and
+    checkpoints its own slice, and gets its own :class:`RunResult` -- or its own
+    :class:`~nst.engine.Diverged` / :class:`~nst.engine.Interrupted`, without stopping the others."""
+    r0 = requests[0]
+    b = len(requests)
+    backbone, loss, optimizer = r0["backbone"], r0["loss"], r0["optimizer"]
+    steps = int(r0["steps"])
+    log_every = int(r0.get("log_every", 10))
+    save_every = int(r0.get("save_every", 0))
+    ckpt_every = int(r0.get("checkpoint_every", 0))
+    writers = [r.get("writer") or MetricWriter() for r in requests]
+    progress = any(r.get("progress", True) for r in requests)
+
+    model = make_model(backbone, loss)
+    params = trim_params(model, r0["params"])
+    targets = compute_targets(model, params, r0["content"], r0["style"], loss)
+    weights = jax.device_put(stack_weights([r["loss"].weights() for r in requests]))
+    loss_fn = make_loss_fn(model, loss)
+    tx = make_optimizer(optimizer)
+    k = int(r0.get("steps_per_call", 0)) or default_steps_per_call()
+    state = init_state(tx, np.stack([np.asarray(r["init"], np.float32) for r in requests]))
+
+    t0 = time.perf_counter()
+    ends = call_boundaries(steps, k, save_every, ckpt_every)
+    lengths = sorted({e - s for s, e in zip([0, *ends[:-1]], ends, strict=True)})
+    compiled = {
+        n: jax.jit(
+            make_batched_update_fn(
+                loss_fn, tx, needs_value_fn=optimizer.needs_value_fn, steps_per_call=n
+            ),
+            donate_argnums=0,
+        )
+        .lower(state, params, targets, weights)
+        .compile()
+        for n in lengths
+    }
+    evaluate = (
+        jax.jit(jax.vmap(loss_fn, in_axes=(0, None, None, 0)))
+        .lower(state.image, params, targets, weights)
+        .compile()
+    )
+    compile_s = time.perf_counter() - t0
+
+    order = ["total", "content", "style", "tv"]
+    order += [f"content/{n}" for n in loss.content_layers]
+    order += [f"style/{n}" for n in loss.style_layers]
+    out: list[Any] = [None] * b
+    initial: list[dict[str, float]] = [{} for _ in range(b)]
+    step_times: list[float] = []
+    done = 0
+    last_t, last_step = time.perf_counter(), 0
+    t_start = time.perf_counter()
+
+    def job_state(st: State, j: int) -> State:
+        return jax.tree.map(lambda x: x[j], st)
+
+    with tqdm(total=steps, unit="step", desc=f"nst x{b}", disable=not progress) as bar:
+        for end in ends:
+            tc = time.perf_counter()
+            state, metrics = compiled[end - done](state, params, targets, weights)
+            finite = np.asarray(jax.device_get(metrics["finite"]))  # (B, k)
+            step_times.append((time.perf_counter() - tc) / (end - done))
+            host = None
+            for j in range(b):
+                if out[j] is None and not finite[j].all():
+                    host = host or jax.device_get(metrics)
+                    bad = done + int(np.argmin(finite[j]))
+                    last = {n: float(host[n][j][bad - done]) for n in order}
+                    writers[j].write_scalars(bad, {**last, "sec_per_step": step_times[-1]})
+                    image = np.asarray(jax.device_get(state.image[j]))
+                    out[j] = Diverged(bad, image, last)
+            log_steps = [s for s in range(done, end) if s % log_every == 0]
+            if log_steps:
+                host = host or jax.device_get(metrics)
+                now = time.perf_counter()
+                sps = (now - last_t) / max(end - last_step, 1)
+                for j in range(b):
+                    if out[j] is not None:
+                        continue
+                    for s in log_steps:
+                        row = {n: float(host[n][j][s - done]) for n in order}
+                        row["sec_per_step"] = sps
+                        writers[j].write_scalars(s, row)
+                        if s == 0:
+                            initial[j] = row
+                last_t, last_step = now, end
+            bar.update(end - done)
+            done = end
+            if save_every > 0 and done % save_every == 0 and done < steps:
+                images = np.asarray(jax.device_get(state.image))
+                for j in range(b):
+                    if out[j] is None:
+                        writers[j].write_images(done, {"step": images[j]})
+            stop = should_stop is not None and should_stop() and done < steps
+            if (ckpt_every > 0 and done % ckpt_every == 0 and done < steps) or stop:
+                for j, r in enumerate(requests):
+                    if out[j] is None and r.get("checkpoint_path") is not None:
+                        save_checkpoint(r["checkpoint_path"], job_state(state, j))
+            if stop:
+                images = np.asarray(jax.device_get(state.image))
+                for j in range(b):
+                    if out[j] is None:
+                        out[j] = Interrupted(done, images[j])
+                return out
+            if all(o is not None for o in out):
+                return out
+    optimize_s = time.perf_counter() - t_start
+
+    images = np.asarray(jax.device_get(state.image))
+    _, final = evaluate(state.image, params, targets, weights)
+    final = jax.device_get(final)
+    sec = float(np.median(step_times)) if step_times else 0.0
+    for j in range(b):
+        if out[j] is not None:
+            continue
+        f = {n: float(final[n][j]) for n in order}
+        f["sec_per_step"] = sec
+        writers[j].write_scalars(done, f)
+        out[j] = RunResult(
+            image=images[j],
+            final_metrics=f,
+            initial_metrics=initial[j] or f,
+            steps=done,
+            compile_s=compile_s,
+            optimize_s=optimize_s,
+            sec_per_step=sec,
+        )
+    return out

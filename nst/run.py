@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -298,15 +299,22 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write_bytes(path, "".join(f"{x}\n" for x in keep).encode())
 
 
-def run(cfg: DictConfig, run_dir: str | Path, job: JobInfo | None = None) -> dict[str, Any]:
+def run(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    job: JobInfo | None = None,
+    *,
+    stylize_fn: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
     """Run one job described by ``cfg``, writing everything into ``run_dir``; returns the summary.
+    ``stylize_fn`` replaces :func:`nst.engine.stylize` (the batched launcher's shared program).
 
     On failure nothing claims success: no result.png/summary.json; ``error.json`` records the
     message (the sweep report shows it) and the exception propagates.
     """
     run_dir = Path(run_dir)
     try:
-        return _run(cfg, run_dir, job or JobInfo())
+        return _run(cfg, run_dir, job or JobInfo(), stylize_fn or stylize)
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         msg = " ".join(str(e).split()) or type(e).__name__
@@ -319,7 +327,9 @@ def run(cfg: DictConfig, run_dir: str | Path, job: JobInfo | None = None) -> dic
         raise
 
 
-def _run(cfg: DictConfig, run_dir: Path, job: JobInfo) -> dict[str, Any]:
+def _run(
+    cfg: DictConfig, run_dir: Path, job: JobInfo, stylize: Callable[..., Any]
+) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="milliseconds")

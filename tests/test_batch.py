@@ -1,0 +1,138 @@
+"""Batched grid mode: jobs differing only in scalar weights / init run as one vmapped program
+and give the same per-job results as sequential runs (engine and `nst -m hydra/launcher=batched`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nst import batch
+from nst.engine import BackboneSpec, Diverged, LossSpec, RunResult, stylize
+from nst.optim import OptimizerSpec
+from nst.writers import MetricWriter
+from tests.conftest import random_params, smooth_image
+from tests.test_cli import nst
+from tests.test_sweep import FAST
+
+
+class Rows(MetricWriter):
+    def __init__(self):
+        self.rows = []
+
+    def write_scalars(self, step, scalars):
+        self.rows.append((step, dict(scalars)))
+
+
+LAYERS = dict(content_layers={"relu2_2": 1.0}, style_layers={"relu1_1": 0.5, "relu2_1": 0.5})
+
+
+@pytest.fixture(scope="module")
+def problem():
+    content, style = smooth_image(24, 32, 1), smooth_image(24, 32, 2)
+    rng = np.random.default_rng(0)
+    inits = [content.copy(), rng.uniform(0, 255, content.shape).astype(np.float32)]
+    return content, style, inits, random_params("vgg16", 0)
+
+
+def _request(problem, beta, init, writer, **kw):
+    content, style, inits, params = problem
+    return dict(
+        content=content,
+        style=style,
+        init=inits[init],
+        params=params,
+        backbone=BackboneSpec(),
+        loss=LossSpec(**LAYERS, beta=beta, tv=kw.pop("tv", 0.0)),
+        optimizer=OptimizerSpec(lr=2.0),
+        steps=6,
+        log_every=2,
+        writer=writer,
+        progress=False,
+        steps_per_call=1,
+        **kw,
+    )
+
+
+def test_batched_results_equal_sequential_runs(problem):
+    specs = [(1e2, 0, 0.0), (1e4, 0, 0.0), (1e3, 1, 1e-2)]  # alpha/beta, init and TV differ
+    seq, seq_rows = [], []
+    for beta, init, tv in specs:
+        w = Rows()
+        seq.append(stylize(**_request(problem, beta, init, w, tv=tv)))
+        seq_rows.append(w.rows)
+    writers = [Rows() for _ in specs]
+    reqs = [_request(problem, b, i, w, tv=t) for (b, i, t), w in zip(specs, writers, strict=True)]
+    assert batch.group_requests(dict(enumerate(reqs))) == [[0, 1, 2]]
+    out = batch.stylize_batch(reqs)
+    assert all(isinstance(r, RunResult) for r in out)
+    for s, b, w, rows in zip(seq, out, writers, seq_rows, strict=True):
+        assert b.steps == s.steps == 6
+        np.testing.assert_allclose(b.image, s.image, atol=1e-2)
+        for k in ("total", "content", "style", "tv"):
+            np.testing.assert_allclose(b.final_metrics[k], s.final_metrics[k], rtol=1e-4)
+        assert [st for st, _ in w.rows] == [st for st, _ in rows]  # the same log steps
+        for (_, r1), (_, r2) in zip(w.rows, rows, strict=True):
+            np.testing.assert_allclose(r1["total"], r2["total"], rtol=1e-4)
+    # The jobs really differ (the test would pass trivially otherwise).
+    assert abs(out[0].final_metrics["total"] - out[1].final_metrics["total"]) > 1.0
+
+
+def test_a_diverging_job_does_not_stop_the_others(problem):
+    writers = [Rows(), Rows()]
+    reqs = [_request(problem, 1e3, 0, writers[0]), _request(problem, 1e38, 1, writers[1])]
+    ok, bad = batch.stylize_batch(reqs)
+    assert isinstance(ok, RunResult) and ok.steps == 6
+    assert isinstance(bad, Diverged) and np.isfinite(bad.image).all()
+
+
+def test_grouping_by_structure(problem):
+    a = _request(problem, 1e2, 0, None)
+    b = _request(problem, 1e3, 1, None)  # other weights and init: same program
+    c = {**a, "loss": LossSpec(content_layers={"relu2_2": 1.0}, style_layers={"relu1_1": 1.0})}
+    d = {**a, "steps": 7}
+    e = {**a, "style": a["style"] + 1}  # other style image: other targets
+    f = {**a, "early_stop_patience": 3}  # stops on its own: alone
+    groups = batch.group_requests(dict(enumerate([a, b, c, d, e, f])))
+    assert groups == [[0, 1], [2], [3], [4], [5]]
+
+
+def _finals(sweep: Path) -> dict[str, dict]:
+    out = {}
+    for s in sorted(sweep.glob("*/summary.json")):
+        d = json.loads(s.read_text())
+        out[s.parent.name.split("_", 1)[1]] = d
+    return out
+
+
+def test_batched_launcher_matches_the_basic_launcher(tmp_path):
+    """4 jobs, 2 layer sets x 2 betas: two programs of two images; same run dirs and numbers."""
+    args = [
+        "-m",
+        *FAST,
+        "loss.beta=1e2,1e4",
+        "layers=gatys2016,gatys2016_upto2",  # other layer names: another program
+        "logger=wandb",
+        "logger.mode=offline",
+    ]
+    basic, batched = tmp_path / "basic", tmp_path / "batched"
+    p1 = nst(*args, f"hydra.sweep.dir={basic}")
+    assert p1.returncode == 0, p1.stderr
+    p2 = nst(*args, "hydra/launcher=batched", f"hydra.sweep.dir={batched}")
+    assert p2.returncode == 0, p2.stderr
+    assert "as 2 program(s) of [2, 2] images" in p2.stderr + p2.stdout
+    f1, f2 = _finals(basic), _finals(batched)
+    assert sorted(f1) == sorted(f2) and len(f2) == 4
+    for name in f1:
+        assert f2[name]["status"] == "ok"
+        np.testing.assert_allclose(
+            f2[name]["final"]["total"], f1[name]["final"]["total"], rtol=1e-4
+        )
+    # Same files per job (result, metrics, config, W&B offline run) and the sweep report.
+    for run in sorted(batched.glob("[0-9]*")):
+        names = {p.name for p in run.iterdir()}
+        assert {"result.png", "metrics.jsonl", "summary.json", ".hydra", "wandb"} <= names, names
+        assert list((run / "wandb").glob("offline-run-*"))
+    assert (batched / "contact_sheet.png").is_file() and (batched / "summary.csv").is_file()
