@@ -152,7 +152,8 @@ def bench_jax(
 
     backend, dev = device_kind()
     k = steps_per_call or default_steps_per_call()
-    calls = max(1, -(-steps // k))
+    # At least 5 timed calls, so the spread means something also when calls hold 10 steps.
+    calls = max(5, -(-steps // k))
     content, style, inits = _inputs(size, max(batch, 1))
     backbone = BackboneSpec(arch=arch, dtype=dtype, remat=remat)
     loss = LossSpec()

@@ -94,6 +94,7 @@ def make_model(backbone: BackboneSpec, loss: LossSpec) -> VGG:
         last_layer=deepest_layer(backbone.arch, loss.layers),
         dtype=jnp.dtype(backbone.dtype),
         remat=backbone.remat,
+        outputs=tuple(loss.layers),
     )
 
 
@@ -111,6 +112,7 @@ def features(model: VGG, params: Params, x: jnp.ndarray) -> dict[str, jnp.ndarra
         last_layer=model.last_layer,
         dtype=model.dtype,
         remat=True,
+        outputs=model.outputs,
     )
 
 

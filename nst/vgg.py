@@ -122,6 +122,7 @@ class VGG(nn.Module):
     last_layer: str | None = None
     dtype: jnp.dtype = jnp.float32
     remat: bool = False  # honoured by nst.engine.features (per-block jax.checkpoint)
+    outputs: tuple[str, ...] | None = None  # the layers the loss reads (remat keeps only these)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> dict[str, jnp.ndarray]:
@@ -167,11 +168,14 @@ def apply_vgg(
     last_layer: str | None = None,
     dtype: jnp.dtype = jnp.float32,
     remat: bool = False,
+    outputs: Sequence[str] | None = None,
 ) -> dict[str, jnp.ndarray]:
     """The same function as :class:`VGG` (same params, same outputs) written with plain JAX ops,
     so that ``remat=True`` can wrap each block in :func:`jax.checkpoint`: the backward pass then
     keeps only the block outputs and recomputes the activations inside a block when it needs
-    them, trading ~1/3 more compute for a peak memory of about one block's activations."""
+    them, trading ~1/3 more compute for a peak memory of about one block's activations.
+    ``outputs`` limits the returned layers (None: all); with remat only those and the block
+    outputs are kept, which is what saves the memory."""
     import jax
 
     if pooling not in ("max", "avg"):
@@ -180,6 +184,8 @@ def apply_vgg(
     last = last_layer or names[-1]
     stop = names.index(last)
     x = preprocess(x, preprocessing).astype(dtype)
+
+    keep = set(names if outputs is None else outputs)
 
     def block(p: dict, x: jnp.ndarray, layers: list[str]) -> dict[str, jnp.ndarray]:
         out = {}
@@ -198,7 +204,8 @@ def apply_vgg(
             else:
                 x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
                 x = x / 4
-            out[name] = x
+            if name in keep or name == layers[-1]:
+                out[name] = x
         return out
 
     feats: dict[str, jnp.ndarray] = {}
@@ -208,6 +215,6 @@ def apply_vgg(
             break
         fn = jax.checkpoint(block, static_argnums=(2,)) if remat else block
         out = fn({n: params[n] for n in layers if n.startswith("conv")}, x, tuple(layers))
-        feats.update(out)
         x = out[layers[-1]]
+        feats.update({k: v for k, v in out.items() if k in keep})
     return feats

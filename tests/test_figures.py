@@ -60,3 +60,29 @@ def test_experiment_writes_labelled_figure(tmp_path, name):
         keys = ("name", "title", "caption", "rows", "cols")
         again = build_figure(sweep, {k: record[k] for k in keys})
         assert len(again["panels"]) == 20
+
+
+def test_fig4_alpha_beta_trend_in_every_row(tmp_path):
+    """Issue acceptance 3 at a CI-sized resolution (96 px, 80 steps; 64 px / 20 steps is too short
+    to converge): in every row of summary.csv the final content loss falls and the final style
+    loss rises as alpha/beta grows."""
+    sweep = tmp_path / "sweep"
+    p = nst(
+        "experiment=gatys2016/fig4_grid",
+        f"images_dir={SHARED_IMAGES}",
+        "size=96",
+        "steps=80",
+        f"hydra.sweep.dir={sweep}",
+        "progress=false",
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert len(rows) == 20
+    for layers in sorted({r["layers"] for r in rows}):
+        row = sorted(
+            (r for r in rows if r["layers"] == layers), key=lambda r: float(r["loss.ab_ratio"])
+        )
+        content = [float(r["final_content"]) for r in row]
+        style = [float(r["final_style"]) for r in row]
+        assert all(a > b for a, b in zip(content, content[1:])), (layers, content)
+        assert all(a < b for a, b in zip(style, style[1:])), (layers, style)

@@ -1,0 +1,54 @@
+"""Benchmark suite: analytic FLOPs, JSON lines + table from the real command (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nst import bench
+from nst.vgg import conv_shapes
+from tests.conftest import REPO
+
+
+def test_conv_flops_counts_forward_and_input_gradient():
+    h, w = 48, 64
+    fwd = 0
+    for name, (kh, kw, cin, cout) in conv_shapes("vgg16").items():
+        s = 2 ** (int(name[4]) - 1)
+        fwd += 2 * kh * kw * cin * cout * (h // s) * (w // s)
+        if name == "conv4_2":
+            break
+    assert bench.conv_flops("vgg16", "relu4_2", h, w) == 2 * fwd
+    assert bench.conv_flops("vgg16", "relu5_1", h, w) > bench.conv_flops("vgg16", "relu4_2", h, w)
+    # VGG16 forward to conv5_3 at 224 px: 15.5 GMACs (Simonyan & Zisserman's 15.5 GFLOPs count MACs)
+    assert abs(bench.conv_flops("vgg16", "relu5_3", 224, 224) / 4 - 15.35e9) < 0.2e9
+
+
+def test_bench_command_writes_json_lines_and_table(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    args = ["--sizes", "64", "--steps", "3", "--warmup", "1", "--out", str(out)]
+    torch = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode
+    if torch == 0:
+        args.append("--compare-torch")
+    p = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    jax_rows = [r for r in rows if r["impl"] == "jax"]
+    assert len(jax_rows) == 1
+    r = jax_rows[0]
+    assert (r["h"], r["w"], r["dtype"]) == (48, 64, "float32")
+    assert r["step_s_p10"] <= r["step_s_median"] <= r["step_s_p90"]
+    assert r["flops_per_step"] == bench.conv_flops("vgg16", "relu5_1", 48, 64)
+    assert r["compile_s"] > 0 and r["steps_per_s"] > 0 and r["peak_bytes"] > 0
+    assert "| jax | vgg16 | 48x64 | float32 |" in p.stdout
+    if torch == 0:
+        t = [x for x in rows if x["impl"] == "torch"][0]
+        assert r["jax_over_torch"] == pytest.approx(r["step_s_median"] / t["step_s_median"])
