@@ -84,5 +84,5 @@ def test_fig4_alpha_beta_trend_in_every_row(tmp_path):
         )
         content = [float(r["final_content"]) for r in row]
         style = [float(r["final_style"]) for r in row]
-        assert all(a > b for a, b in zip(content, content[1:])), (layers, content)
-        assert all(a < b for a, b in zip(style, style[1:])), (layers, style)
+        assert all(a > b for a, b in zip(content, content[1:], strict=False)), (layers, content)
+        assert all(a < b for a, b in zip(style, style[1:], strict=False)), (layers, style)
