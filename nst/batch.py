@@ -105,13 +105,15 @@ def _structure_key(kw: dict[str, Any]) -> tuple:
     return (
         id(kw) if solo else 0,
         kw["content"].shape,
-        kw["style"].shape,
+        tuple(np.shape(x) for x in jax.tree.leaves(kw["style"])),
+        tuple(kw.get("style_blend") or ()),
         kw["init"].shape,
         kw["backbone"],
         tuple(loss.content_layers),
         tuple(loss.style_layers),
         loss.gram_norm,
         loss.content_norm,
+        loss.style_loss,
         kw["optimizer"],
         kw["steps"],
         kw.get("log_every", 10),
@@ -243,7 +245,9 @@ def stylize_batch(
 
     model = make_model(backbone, loss)
     params = trim_params(model, r0["params"])
-    targets = compute_targets(model, params, r0["content"], r0["style"], loss)
+    targets = compute_targets(
+        model, params, r0["content"], r0["style"], loss, r0.get("style_blend")
+    )
     weights = jax.device_put(stack_weights([r["loss"].weights() for r in requests]))
     loss_fn = make_loss_fn(model, loss)
     tx = make_optimizer(optimizer)

@@ -11,6 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -125,6 +126,25 @@ class FigureConfig:
     lead: list[str] = field(default_factory=list)  # leading panels: content and/or style
 
 
+class StyleLoss(Enum):
+    gram = "gram"
+    mean_cov = "mean_cov"
+
+
+class Color(Enum):
+    none = "none"
+    luminance = "luminance"  # transfer on luminance, keep the content's colours (Gatys 2017)
+    histogram = "histogram"  # match the style's colour statistics to the content first
+
+
+@dataclass
+class PyramidConfig:
+    # Coarse-to-fine: levels-1 smaller passes (size / scale_factor**k), each upsampled as the
+    # next level's init; `steps` per level.
+    levels: int = 1
+    scale_factor: float = 2.0
+
+
 @dataclass
 class LossConfig:
     alpha: float = 1.0
@@ -136,6 +156,8 @@ class LossConfig:
     # paper's ratios (normalized VGG19, paper normalization) onto this network and normalization.
     ab_ratio: float | None = None
     ab_scale: float = 1.0
+    # What the style loss matches per layer: Gram matrices (the paper) or mean + covariance.
+    style: StyleLoss = StyleLoss.gram
 
 
 @dataclass
@@ -185,7 +207,11 @@ class EarlyStopConfig:
 @dataclass
 class NSTConfig:
     content: str = "sample:chelsea"
-    style: str = "sample:ihc"
+    style: Any = "sample:ihc"  # one image, or a list blended with style_blend
+    style_blend: list[float] | None = None  # weights of the style images' statistics
+    style_scale: float = 1.0  # style resized to this x the content's longest side (paper: 1)
+    color: Color = Color.none
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
     size: int = 256
     steps: int = 300
     seed: int = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -59,6 +59,7 @@ class LossSpec:
     tv: float = 0.0
     gram_norm: str = "mean"
     content_norm: str = "mean"
+    style_loss: str = "gram"  # or "mean_cov" (see nst.losses.mean_cov_loss)
 
     def weights(self) -> dict[str, Any]:
         """The scalar weights as a pytree of float32 arrays: jit arguments, not constants."""
@@ -123,21 +124,44 @@ def trim_params(model: VGG, params: Params) -> dict[str, Any]:
     return jax.device_put({k: dict(params[k]) for k in used})
 
 
+def style_statistics(feats: jnp.ndarray, loss: LossSpec) -> Any:
+    """What the style loss matches for one layer: the Gram A_l, or (mean, covariance)."""
+    if loss.style_loss == "mean_cov":
+        return losses.feature_stats(feats)
+    return losses.gram(feats, loss.gram_norm)
+
+
 def compute_targets(
-    model: VGG, params: Params, content: np.ndarray, style: np.ndarray, loss: LossSpec
-) -> dict[str, dict[str, jnp.ndarray]]:
-    """Content features P_l and style Grams A_l, computed once per run (``(H, W, 3)`` inputs)."""
+    model: VGG,
+    params: Params,
+    content: np.ndarray,
+    style: np.ndarray | Sequence[np.ndarray],
+    loss: LossSpec,
+    style_blend: Sequence[float] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Content features P_l and style statistics A_l, computed once per run (``(H, W, 3)``
+    inputs). Several style images (any sizes) blend their statistics with the weights
+    ``style_blend`` (default equal): A_l = Σ_i b_i·A_l(style_i)."""
+    styles = [style] if isinstance(style, np.ndarray | jnp.ndarray) else list(style)
+    blend = [1.0 / len(styles)] * len(styles) if style_blend is None else list(style_blend)
+    if len(blend) != len(styles):
+        raise ValueError(f"{len(styles)} style images but {len(blend)} blend weights")
 
     @jax.jit
-    def targets(params, content, style):
+    def content_targets(params, content):
         fc = features(model, params, content[None])
-        fs = features(model, params, style[None])
-        return {
-            "content": {k: fc[k] for k in loss.content_layers},
-            "style": {k: losses.gram(fs[k], loss.gram_norm) for k in loss.style_layers},
-        }
+        return {k: fc[k] for k in loss.content_layers}
 
-    return targets(params, jnp.asarray(content), jnp.asarray(style))
+    @jax.jit
+    def style_targets(params, style):
+        fs = features(model, params, style[None])
+        return {k: style_statistics(fs[k], loss) for k in loss.style_layers}
+
+    mixed = None
+    for b, s in zip(blend, styles, strict=True):
+        t = jax.tree.map(lambda x, b=b: jnp.float32(b) * x, style_targets(params, jnp.asarray(s)))
+        mixed = t if mixed is None else jax.tree.map(jnp.add, mixed, t)
+    return {"content": content_targets(params, jnp.asarray(content)), "style": mixed or {}}
 
 
 def make_loss_fn(model: VGG, loss: LossSpec) -> Callable[..., tuple[jnp.ndarray, Metrics]]:
@@ -155,10 +179,16 @@ def make_loss_fn(model: VGG, loss: LossSpec) -> Callable[..., tuple[jnp.ndarray,
             k: losses.content_loss(feats[k], targets["content"][k], loss.content_norm)
             for k in content_layers
         }
-        s = {
-            k: losses.style_layer_loss(feats[k], targets["style"][k], loss.gram_norm)
-            for k in style_layers
-        }
+        if loss.style_loss == "mean_cov":
+            s = {
+                k: losses.mean_cov_loss(feats[k], targets["style"][k], loss.gram_norm)
+                for k in style_layers
+            }
+        else:
+            s = {
+                k: losses.style_layer_loss(feats[k], targets["style"][k], loss.gram_norm)
+                for k in style_layers
+            }
         content = sum((weights["content"][k] * v for k, v in c.items()), jnp.float32(0))
         style = sum((weights["style"][k] * v for k, v in s.items()), jnp.float32(0))
         tv = losses.tv_loss(image)
@@ -323,6 +353,7 @@ def stylize(
     should_stop: Callable[[], bool] | None = None,
     early_stop_patience: int = 0,
     early_stop_min_delta: float = 1e-3,
+    style_blend: Sequence[float] | None = None,
 ) -> RunResult:
     """Optimize ``init`` (``(H, W, 3)``, 0..255) so its features match ``content``'s and its Grams
     match ``style``'s. Logs rows at step 0, every ``log_every`` steps and at ``steps`` (the
@@ -338,7 +369,7 @@ def stylize(
     writer = writer or MetricWriter()
     model = make_model(backbone, loss)
     params = trim_params(model, params)
-    targets = compute_targets(model, params, content, style, loss)
+    targets = compute_targets(model, params, content, style, loss, style_blend)
     weights = jax.device_put(loss.weights())
     loss_fn = make_loss_fn(model, loss)
     tx = make_optimizer(optimizer)

@@ -82,3 +82,33 @@ def tv_loss(image: jnp.ndarray) -> jnp.ndarray:
     dy = jnp.square(image[..., 1:, :, :] - image[..., :-1, :, :])
     dx = jnp.square(image[..., :, 1:, :] - image[..., :, :-1, :])
     return (jnp.sum(dy) + jnp.sum(dx)) / image.size
+
+
+STYLE_LOSSES = ("gram", "mean_cov")
+
+
+def feature_stats(features: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Mean ``(..., C)`` and covariance ``(..., C, C)`` of ``(..., H, W, C)`` features over the
+    H·W positions (covariance = centred Fᵀ·F / (H·W))."""
+    *_, h, w, c = features.shape
+    f = features.reshape(*features.shape[:-3], h * w, c)
+    mu = jnp.mean(f, axis=-2)
+    d = f - mu[..., None, :]
+    return mu, jnp.einsum("...ki,...kj->...ij", d, d) / (h * w)
+
+
+def mean_cov_loss(
+    features: jnp.ndarray, target: tuple[jnp.ndarray, jnp.ndarray], norm: str = "mean"
+) -> jnp.ndarray:
+    """Style loss matching first and second moments (mean and covariance) instead of the
+    uncentred Gram, the Gaussian view of style behind Wasserstein-2 style losses (e.g.
+    crowsonkb/style-transfer-pytorch): mean((μ−μ_t)²) + mean((Σ−Σ_t)²); with ``relative`` each
+    term is divided by its target's mean square."""
+    mu, cov = feature_stats(features)
+    mu_t, cov_t = target
+    a = jnp.mean(jnp.square(mu - mu_t))
+    b = jnp.mean(jnp.square(cov - cov_t))
+    if norm == "relative":
+        a = a / (jnp.mean(jnp.square(mu_t)) + 1e-30)
+        b = b / (jnp.mean(jnp.square(cov_t)) + 1e-30)
+    return a + b

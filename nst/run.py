@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import nst
 from nst import images, vgg
@@ -106,6 +106,7 @@ def specs_from_config(cfg: DictConfig) -> tuple[BackboneSpec, LossSpec, Optimize
         tv=float(cfg.loss.tv),
         gram_norm=_name(cfg.loss.gram_norm),
         content_norm=_name(cfg.loss.content_norm),
+        style_loss=_name(cfg.loss.get("style", "gram")),
     )
     o = cfg.optimizer
     opt = OptimizerSpec(
@@ -364,31 +365,27 @@ def _run(
         writer.write_summary({"status": "failed", "error": _one_line(e)})
         writer.close(1)
         raise
-    content, style, init, params, winfo, backbone, content_raw, style_raw = prepared
+    init, params, winfo, backbone, content_raw, styles_raw, sizes = prepared
+    specs, blend = style_specs(cfg)
     with stop_on_signals() as stop:
         exit_code = 1
         try:
             try:
-                result = stylize(
-                    content,
-                    style,
+                result, final_inputs = _optimize(
+                    cfg,
+                    stylize,
                     init,
                     params,
                     backbone=backbone,
                     loss=loss,
-                    optimizer=opt,
-                    steps=int(cfg.steps),
-                    log_every=max(1, int(cfg.log_every)),
-                    save_every=int(cfg.save_every),
-                    steps_per_call=int(cfg.steps_per_call),
+                    opt=opt,
                     writer=writer,
-                    progress=bool(cfg.progress),
-                    checkpoint_path=ckpt_path,
-                    checkpoint_every=int(cfg.get("checkpoint_every", 0)),
+                    ckpt_path=ckpt_path,
                     resume_state=resume_state,
                     should_stop=stop.is_set,
-                    early_stop_patience=int(cfg.early_stop.patience),
-                    early_stop_min_delta=float(cfg.early_stop.min_delta),
+                    content_raw=content_raw,
+                    styles_raw=styles_raw,
+                    sizes=sizes,
                 )
             except Diverged as d:
                 raise _record_divergence(d, cfg, run_dir, t0) from None
@@ -429,13 +426,17 @@ def _run(
                 "content": {
                     "path": str(images.resolve_path(cfg.content)),
                     "original_hw": list(content_raw.shape[:2]),
-                    "hw": list(content.shape[:2]),
+                    "hw": list(final_inputs.content.shape[:2]),
                 },
                 "style": {
-                    "path": str(images.resolve_path(cfg.style)),
-                    "original_hw": list(style_raw.shape[:2]),
-                    "hw": list(style.shape[:2]),
+                    "path": _one_or_list([str(images.resolve_path(x)) for x in specs]),
+                    "original_hw": _one_or_list([list(x.shape[:2]) for x in styles_raw]),
+                    "hw": _one_or_list([list(x.shape[:2]) for x in final_inputs.styles]),
+                    "blend": blend,
+                    "scale": float(cfg.get("style_scale", 1.0)),
                 },
+                "color": _name(cfg.get("color", "none")),
+                "pyramid": sizes,
                 "result": str(run_dir / "result.png"),
                 "seed": int(cfg.seed),
                 "started_at": started_at,
@@ -475,25 +476,168 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def _one_or_list(xs: list) -> Any:
+    return xs[0] if len(xs) == 1 else xs
+
+
+class LevelWriter(MetricWriter):
+    """Logs one pyramid level into the run's writer: steps offset past the earlier levels and
+    every row tagged with the level and its size."""
+
+    def __init__(self, inner: MetricWriter, level: int, size: int, offset: int):
+        self.inner, self.level, self.size, self.offset = inner, level, size, offset
+
+    def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        tags = {"level": float(self.level), "level_size": float(self.size)}
+        self.inner.write_scalars(self.offset + step, {**scalars, **tags})
+
+    def write_images(self, step: int, imgs: dict[str, np.ndarray]) -> None:
+        self.inner.write_images(self.offset + step, imgs)
+
+
+def _optimize(
+    cfg: DictConfig,
+    stylize: Callable[..., Any],
+    init: np.ndarray,
+    params: Any,
+    *,
+    backbone: BackboneSpec,
+    loss: LossSpec,
+    opt: OptimizerSpec,
+    writer: MetricWriter,
+    ckpt_path: Path,
+    resume_state: Any,
+    should_stop: Callable[[], bool],
+    content_raw: np.ndarray,
+    styles_raw: list[np.ndarray],
+    sizes: list[int],
+) -> tuple[Any, Inputs]:
+    """Run the optimization, coarse to fine when ``pyramid.levels`` > 1: each level starts from
+    the previous level's result upsampled (the optimizer starts afresh: Adam's moments and
+    L-BFGS' history belong to the old pixel grid). Snapshots and checkpoints happen in the last
+    level (a resumed run recomputes the deterministic coarse levels). In luminance mode the
+    result's luminance is put back together with the content's colours."""
+    from nst import color
+
+    _, blend = style_specs(cfg)
+    steps = int(cfg.steps)
+    result, lv = None, None
+    for k, size_k in enumerate(sizes):
+        last = k == len(sizes) - 1
+        lv = level_inputs(cfg, content_raw, styles_raw, size_k)
+        if result is not None:
+            init = images.resize_to(result.image, lv.content.shape[:2])
+        w = writer if len(sizes) == 1 else LevelWriter(writer, k, size_k, k * (steps + 1))
+        result = stylize(
+            lv.content,
+            lv.styles[0] if len(lv.styles) == 1 else lv.styles,
+            init,
+            params,
+            backbone=backbone,
+            loss=loss,
+            optimizer=opt,
+            steps=steps,
+            log_every=max(1, int(cfg.log_every)),
+            save_every=int(cfg.save_every) if last else 0,
+            steps_per_call=int(cfg.steps_per_call),
+            writer=w,
+            progress=bool(cfg.progress),
+            checkpoint_path=ckpt_path if last else None,
+            checkpoint_every=int(cfg.get("checkpoint_every", 0)) if last else 0,
+            resume_state=resume_state if last else None,
+            should_stop=should_stop,
+            early_stop_patience=int(cfg.early_stop.patience),
+            early_stop_min_delta=float(cfg.early_stop.min_delta),
+            style_blend=blend,
+        )
+    assert result is not None and lv is not None
+    if _name(cfg.get("color", "none")) == "luminance":
+        result.image = color.recombine(result.image, lv.content_rgb)
+    return result, lv
+
+
+def style_specs(cfg: DictConfig) -> tuple[list[str], list[float] | None]:
+    """``style`` as a list of image specs and ``style_blend`` as weights (None: one style)."""
+    raw = cfg.style
+    specs = [str(x) for x in raw] if isinstance(raw, list | tuple | ListConfig) else [str(raw)]
+    if not specs:
+        raise ConfigError("style: name at least one style image")
+    blend = cfg.get("style_blend")
+    if blend is None:
+        return specs, None if len(specs) == 1 else [1.0 / len(specs)] * len(specs)
+    weights = [float(w) for w in blend]
+    if len(weights) != len(specs):
+        raise ConfigError(
+            f"style_blend has {len(weights)} weights for {len(specs)} style images; give one each"
+        )
+    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"style_blend weights must be >= 0 and not all 0, got {weights}")
+    return specs, weights
+
+
+def pyramid_sizes(size: int, levels: int, factor: float) -> list[int]:
+    """Longest sides of the coarse-to-fine levels, ending at ``size``."""
+    if levels < 1:
+        raise ConfigError(f"pyramid.levels must be >= 1, got {levels}")
+    if levels > 1 and not factor > 1:
+        raise ConfigError(f"pyramid.scale_factor must be > 1, got {factor}")
+    return [max(1, round(size / factor**k)) for k in range(levels - 1, -1, -1)]
+
+
+@dataclass
+class Inputs:
+    """One level's optimization inputs: what the engine sees (``content``/``styles``, grey in
+    luminance mode) and the colour content to recombine with (``content_rgb``)."""
+
+    content: np.ndarray
+    styles: list[np.ndarray]
+    content_rgb: np.ndarray
+
+
+def level_inputs(
+    cfg: DictConfig, content_raw: np.ndarray, styles_raw: list[np.ndarray], size: int
+) -> Inputs:
+    """Content resized to ``size`` and the styles to the content's longest side times
+    ``style_scale`` (the paper resizes the style to the content: scale 1), then the colour mode."""
+    from nst import color
+
+    scale = float(cfg.get("style_scale", 1.0))
+    if not math.isfinite(scale) or scale <= 0:
+        raise ConfigError(f"style_scale must be > 0, got {scale}")
+    content = images.resize_longest(content_raw, size)
+    side = max(1, round(max(content.shape[:2]) * scale))
+    styles = [images.resize_longest(s, side) for s in styles_raw]
+    mode = _name(cfg.get("color", "none"))
+    if mode == "histogram":
+        styles = [color.match_histogram(s, content) for s in styles]
+        return Inputs(content, styles, content)
+    if mode == "luminance":
+        grey = [color.luminance_pair(content, s) for s in styles]
+        return Inputs(grey[0][0], [g[1] for g in grey], content)
+    return Inputs(content, styles, content)
+
+
 def _prepare(cfg: DictConfig, backbone: BackboneSpec, loss: LossSpec, size: int) -> tuple:
-    """Images (checked and resized), the initial image and the backbone weights."""
+    """Images (checked), the coarsest level's inputs and initial image, and the weights."""
     from nst.weights import resolve_params  # heavy (onnx, h5py): import only when running
 
     max_pixels = int(cfg.max_pixels)
     _check_paper_images(cfg)
+    specs, _ = style_specs(cfg)
     content_raw = images.load_image(cfg.content, max_pixels)
-    style_raw = images.load_image(cfg.style, max_pixels)
+    styles_raw = [images.load_image(s, max_pixels) for s in specs]
     check_memory(backbone.arch, loss.layers, content_raw.shape[:2], size)
-    content = images.resize_longest(content_raw, size)
-    check_size(backbone.arch, loss.layers, content.shape[:2], size)
-    # The paper resizes the style image to the content's size; keep its aspect ratio.
-    style = images.resize_longest(style_raw, max(content.shape[:2]))
-    check_size(backbone.arch, loss.style_layers or loss.layers, style.shape[:2], size)
-
+    sizes = pyramid_sizes(size, int(cfg.pyramid.levels), float(cfg.pyramid.scale_factor))
+    for s in sizes:
+        lv = level_inputs(cfg, content_raw, styles_raw, s)
+        check_size(backbone.arch, loss.layers, lv.content.shape[:2], s)
+        for st in lv.styles:
+            check_size(backbone.arch, loss.style_layers or loss.layers, st.shape[:2], s)
+    first = level_inputs(cfg, content_raw, styles_raw, sizes[0])
     init = make_init(
         _name(cfg.init.name),
-        content,
-        style,
+        first.content,
+        first.styles[0],
         seed=int(cfg.seed),
         distribution=_name(cfg.init.distribution),
         scale=float(cfg.init.scale),
@@ -530,7 +674,7 @@ def _prepare(cfg: DictConfig, backbone: BackboneSpec, loss: LossSpec, size: int)
         dtype=backbone.dtype,
         remat=backbone.remat,
     )
-    return content, style, init, params, winfo, backbone, content_raw, style_raw
+    return init, params, winfo, backbone, content_raw, styles_raw, sizes
 
 
 def _record_divergence(d: Diverged, cfg: DictConfig, run_dir: Path, t0: float) -> DivergedError:

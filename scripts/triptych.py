@@ -17,11 +17,15 @@ from PIL import Image, ImageDraw
 from nst import images
 
 
+def _first(path: str | list[str]) -> str:
+    return path[0] if isinstance(path, list) else path  # a blend of styles: show the first
+
+
 def triptych(run_dir: Path, height: int = 200) -> Image.Image:
     summary = json.loads((run_dir / "summary.json").read_text())
     panels = [
         ("content", images.load_image(summary["content"]["path"])),
-        ("style", images.load_image(summary["style"]["path"])),
+        ("style", images.load_image(_first(summary["style"]["path"]))),
         ("result", images.load_image(run_dir / "result.png")),
     ]
     tiles = []

@@ -1,0 +1,150 @@
+"""Beyond the paper: colour control, style blends, style scale, mean/covariance style loss,
+coarse-to-fine pyramid -- each against its definition, and through `nst -m` with W&B."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from nst import color, losses
+from nst.engine import BackboneSpec, LossSpec, stylize
+from nst.optim import OptimizerSpec
+from nst.run import level_inputs, pyramid_sizes
+from tests.conftest import random_params, smooth_image
+from tests.test_cli import nst
+from tests.test_sweep import FAST, _wandb_records
+
+
+def test_yiq_round_trip_and_recombine_keeps_the_contents_chroma():
+    c, r = smooth_image(20, 30, 1) * 0.5 + 64, smooth_image(20, 30, 2) * 0.5 + 60
+    np.testing.assert_allclose(color.yiq_to_rgb(color.rgb_to_yiq(c)), c, atol=1e-6)
+    out = color.recombine(r, c)
+    inside = ((out > 0.5) & (out < 254.5)).all(-1)  # pixels the 0..255 clip did not touch
+    assert inside.mean() > 0.9
+    np.testing.assert_allclose(
+        color.rgb_to_yiq(out)[inside][:, 1:], color.rgb_to_yiq(c)[inside][:, 1:], atol=1e-3
+    )
+    np.testing.assert_allclose(
+        color.rgb_to_yiq(out)[inside][:, 0], color.rgb_to_yiq(r)[inside][:, 0], atol=1e-3
+    )
+
+
+def test_luminance_pair_matches_the_style_luminance_to_the_content():
+    c, s = smooth_image(20, 30, 1) * 0.5 + 40, smooth_image(24, 24, 2)
+    gc, gs = color.luminance_pair(c, s)
+    assert np.ptp(gc, axis=-1).max() == 0 and np.ptp(gs, axis=-1).max() == 0  # grey
+    assert gs[..., 0].mean() == pytest.approx(gc[..., 0].mean(), rel=1e-3)
+    assert gs[..., 0].std() == pytest.approx(gc[..., 0].std(), rel=1e-2)
+
+
+def test_histogram_matching_gives_the_style_the_contents_mean_and_covariance():
+    c = smooth_image(30, 40, 1) * 0.4 + 70
+    s = smooth_image(32, 32, 5) * 0.3 + 90
+    m = color.match_histogram(s, c).reshape(-1, 3).astype(np.float64)
+    cc = c.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(m.mean(0), cc.mean(0), atol=0.05)
+    np.testing.assert_allclose(np.cov(m, rowvar=False), np.cov(cc, rowvar=False), atol=0.5)
+
+
+def test_mean_cov_loss_against_numpy():
+    rng = np.random.default_rng(0)
+    f, t = rng.standard_normal((1, 5, 6, 4)), rng.standard_normal((1, 7, 3, 4))
+    ff, tt = f.reshape(-1, 4), t.reshape(-1, 4)
+    mu, cov = losses.feature_stats(f.astype(np.float32))
+    np.testing.assert_allclose(mu[0], ff.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(cov[0], np.cov(ff, rowvar=False, bias=True), rtol=1e-4, atol=1e-6)
+    target = losses.feature_stats(t.astype(np.float32))
+    expected = np.mean((ff.mean(0) - tt.mean(0)) ** 2) + np.mean(
+        (np.cov(ff, rowvar=False, bias=True) - np.cov(tt, rowvar=False, bias=True)) ** 2
+    )
+    np.testing.assert_allclose(
+        losses.mean_cov_loss(f.astype(np.float32), target), expected, rtol=1e-4
+    )
+
+
+def _run(style, **kw):
+    content = smooth_image(24, 32, 1)
+    loss = LossSpec(
+        content_layers={"relu2_2": 1.0},
+        style_layers={"relu1_1": 0.5, "relu2_1": 0.5},
+        style_loss=kw.pop("style_loss", "gram"),
+    )
+    return stylize(
+        content,
+        style,
+        content.copy(),
+        random_params("vgg16", 0),
+        backbone=BackboneSpec(),
+        loss=loss,
+        optimizer=OptimizerSpec(lr=2.0),
+        steps=5,
+        progress=False,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("style_loss", ["gram", "mean_cov"])
+def test_blend_weights_one_zero_equal_the_single_style_run(style_loss):
+    a, b = smooth_image(24, 32, 2), smooth_image(28, 28, 3)
+    single = _run(a, style_loss=style_loss)
+    blended = _run([a, b], style_blend=[1.0, 0.0], style_loss=style_loss)
+    np.testing.assert_allclose(blended.image, single.image, atol=1e-3)
+    other = _run([a, b], style_blend=[0.5, 0.5], style_loss=style_loss)
+    assert np.abs(other.image - single.image).max() > 0.5  # the second style does something
+
+
+def test_style_scale_and_pyramid_sizes():
+    cfg = OmegaConf.create({"style_scale": 0.5, "color": "none"})
+    lv = level_inputs(cfg, smooth_image(60, 80, 1), [smooth_image(90, 90, 2)], 64)
+    assert lv.content.shape[:2] == (48, 64) and lv.styles[0].shape[:2] == (32, 32)
+    assert pyramid_sizes(256, 3, 2.0) == [64, 128, 256]
+    assert pyramid_sizes(256, 1, 2.0) == [256]
+
+
+def _iq(path_or_array):
+    x = np.asarray(path_or_array, np.float64)
+    return color.rgb_to_yiq(x)[..., 1:]
+
+
+def test_color_modes_blend_and_pyramid_through_a_wandb_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    p = nst(
+        "-m",
+        *[a for a in FAST if not a.startswith("size=")],
+        "size=64",
+        "color=luminance,histogram",
+        "style=[sample:ihc,sample:coffee]",
+        "style_blend=[0.7,0.3]",
+        "pyramid.levels=2",
+        "logger=wandb",
+        "logger.mode=offline",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = {json.loads(s.read_text())["color"]: s.parent for s in sweep.glob("*/summary.json")}
+    assert set(runs) == {"luminance", "histogram"}
+    for run in runs.values():
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "ok" and summary["pyramid"] == [32, 64]
+        assert summary["style"]["blend"] == [0.7, 0.3] and len(summary["style"]["path"]) == 2
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert {r["level"] for r in rows} == {0.0, 1.0}
+        assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+        records = _wandb_records(next((run / "wandb").glob("offline-run-*")))
+        run_record = next(r["run"] for r in records if r.get("type") == "run")
+        assert summary["color"] in json.dumps(run_record["config"])
+    # Luminance mode: the result keeps the content's chroma (8-bit rounding, clipped pixels aside).
+    result = np.asarray(Image.open(runs["luminance"] / "result.png").convert("RGB"), np.float64)
+    from nst import images
+
+    content = images.resize_longest(images.load_image("sample:chelsea"), 64)
+    inside = ((result > 2) & (result < 253)).all(-1)
+    assert inside.mean() > 0.8
+    diff = np.abs(_iq(result) - _iq(content))[inside]
+    assert diff.mean() < 0.6 and diff.max() < 3.0
+    other = np.asarray(Image.open(runs["histogram"] / "result.png").convert("RGB"), np.float64)
+    assert np.abs(_iq(other) - _iq(content))[inside].mean() > 2 * diff.mean()
