@@ -101,7 +101,11 @@ def _structure_key(kw: dict[str, Any]) -> tuple:
     """Everything that must be equal for jobs to share one program; scalar weights and the
     initial image may differ. Jobs that resume, stop early or checkpoint on their own run alone."""
     loss = kw["loss"]
-    solo = kw.get("resume_state") is not None or kw.get("early_stop_patience", 0) > 0
+    solo = (
+        kw.get("resume_state") is not None
+        or kw.get("early_stop_patience", 0) > 0
+        or kw.get("content_mask") is not None
+    )
     return (
         id(kw) if solo else 0,
         kw["content"].shape,

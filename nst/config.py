@@ -211,6 +211,11 @@ class NSTConfig:
     style_blend: list[float] | None = None  # weights of the style images' statistics
     style_scale: float = 1.0  # style resized to this x the content's longest side (paper: 1)
     color: Color = Color.none
+    # Spatial control (guided Grams, Gatys et al. 2017): a grey image over the content; one style
+    # styles its bright part, two styles the dark and the bright part. style_mask (one per style,
+    # or null) limits which part of each style image its statistics come from.
+    content_mask: str | None = None
+    style_mask: Any = None
     pyramid: PyramidConfig = field(default_factory=PyramidConfig)
     size: int = 256
     steps: int = 300

@@ -138,11 +138,20 @@ def compute_targets(
     style: np.ndarray | Sequence[np.ndarray],
     loss: LossSpec,
     style_blend: Sequence[float] | None = None,
+    content_mask: np.ndarray | None = None,
+    style_masks: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Content features P_l and style statistics A_l, computed once per run (``(H, W, 3)``
     inputs). Several style images (any sizes) blend their statistics with the weights
-    ``style_blend`` (default equal): A_l = Σ_i b_i·A_l(style_i)."""
+    ``style_blend`` (default equal): A_l = Σ_i b_i·A_l(style_i).
+
+    With ``content_mask`` (``(H, W)`` in 0..1) style i is routed to a region instead (guided
+    Grams, Gatys et al. 2017 Sec. 4.1): one style styles the bright region; two style the dark
+    and the bright region. ``style_masks[i]`` limits the statistics of style i to part of it.
+    Targets then also hold each region's guidance channel at every style layer's resolution."""
     styles = [style] if isinstance(style, np.ndarray | jnp.ndarray) else list(style)
+    if content_mask is not None:
+        return _guided_targets(model, params, content, styles, loss, content_mask, style_masks)
     blend = [1.0 / len(styles)] * len(styles) if style_blend is None else list(style_blend)
     if len(blend) != len(styles):
         raise ValueError(f"{len(styles)} style images but {len(blend)} blend weights")
@@ -164,6 +173,47 @@ def compute_targets(
     return {"content": content_targets(params, jnp.asarray(content)), "style": mixed or {}}
 
 
+def downsample_mask(mask: np.ndarray, pools: int) -> np.ndarray:
+    """A ``(H, W)`` mask at the resolution after ``pools`` 2x2 VALID poolings (block means)."""
+    m = np.asarray(mask, np.float32)
+    for _ in range(pools):
+        h, w = m.shape[0] // 2, m.shape[1] // 2
+        m = m[: 2 * h, : 2 * w].reshape(h, 2, w, 2).mean(axis=(1, 3))
+    return m
+
+
+def _guided_targets(model, params, content, styles, loss, content_mask, style_masks):
+    from nst.vgg import downsampling
+
+    if len(styles) not in (1, 2):
+        raise ValueError(f"a content mask routes 1 or 2 style images, got {len(styles)}")
+    if loss.style_loss != "gram":
+        raise ValueError("masks work with loss.style=gram")
+    cm = np.clip(np.asarray(content_mask, np.float32), 0.0, 1.0)
+    regions = [cm] if len(styles) == 1 else [1.0 - cm, cm]
+    masks = list(style_masks) if style_masks is not None else [None] * len(styles)
+    fc = jax.jit(lambda p, x: features(model, p, x[None]))(params, jnp.asarray(content))
+    style_t, guide = {}, {}
+    for k in loss.style_layers:
+        pools = downsampling(model.arch, k)
+        guide[k] = jnp.stack([jnp.asarray(downsample_mask(r, pools)) for r in regions])
+    for i, s in enumerate(styles):
+        fs = jax.jit(lambda p, x: features(model, p, x[None]))(params, jnp.asarray(s))
+        for k in loss.style_layers:
+            sm = masks[i] if masks[i] is not None else np.ones(s.shape[:2], np.float32)
+            g = losses.guided_gram(
+                fs[k][0],
+                jnp.asarray(downsample_mask(sm, downsampling(model.arch, k))),
+                loss.gram_norm,
+            )
+            style_t.setdefault(k, []).append(g)
+    return {
+        "content": {k: fc[k] for k in loss.content_layers},
+        "style": {k: jnp.stack(v) for k, v in style_t.items()},
+        "guide": guide,
+    }
+
+
 def make_loss_fn(model: VGG, loss: LossSpec) -> Callable[..., tuple[jnp.ndarray, Metrics]]:
     """``loss_fn(image, params, targets, weights) -> (total, metrics)``.
 
@@ -179,7 +229,17 @@ def make_loss_fn(model: VGG, loss: LossSpec) -> Callable[..., tuple[jnp.ndarray,
             k: losses.content_loss(feats[k], targets["content"][k], loss.content_norm)
             for k in content_layers
         }
-        if loss.style_loss == "mean_cov":
+        if "guide" in targets:  # guided Grams: each style matched in its region only
+            s = {
+                k: sum(
+                    losses.guided_style_loss(
+                        feats[k][0], targets["guide"][k][r], targets["style"][k][r], loss.gram_norm
+                    )
+                    for r in range(targets["guide"][k].shape[0])
+                )
+                for k in style_layers
+            }
+        elif loss.style_loss == "mean_cov":
             s = {
                 k: losses.mean_cov_loss(feats[k], targets["style"][k], loss.gram_norm)
                 for k in style_layers
@@ -354,6 +414,8 @@ def stylize(
     early_stop_patience: int = 0,
     early_stop_min_delta: float = 1e-3,
     style_blend: Sequence[float] | None = None,
+    content_mask: np.ndarray | None = None,
+    style_masks: Sequence[np.ndarray | None] | None = None,
 ) -> RunResult:
     """Optimize ``init`` (``(H, W, 3)``, 0..255) so its features match ``content``'s and its Grams
     match ``style``'s. Logs rows at step 0, every ``log_every`` steps and at ``steps`` (the
@@ -369,7 +431,9 @@ def stylize(
     writer = writer or MetricWriter()
     model = make_model(backbone, loss)
     params = trim_params(model, params)
-    targets = compute_targets(model, params, content, style, loss, style_blend)
+    targets = compute_targets(
+        model, params, content, style, loss, style_blend, content_mask, style_masks
+    )
     weights = jax.device_put(loss.weights())
     loss_fn = make_loss_fn(model, loss)
     tx = make_optimizer(optimizer)

@@ -112,3 +112,34 @@ def mean_cov_loss(
         a = a / (jnp.mean(jnp.square(mu_t)) + 1e-30)
         b = b / (jnp.mean(jnp.square(cov_t)) + 1e-30)
     return a + b
+
+
+def guided_gram(features: jnp.ndarray, guide: jnp.ndarray, norm: str = "mean") -> jnp.ndarray:
+    """Guided Gram matrix (Gatys et al. 2017, "Controlling Perceptual Factors", Sec. 4.1): the
+    Gram of features ``(..., H, W, C)`` weighted by a guidance channel ``(H, W)`` in 0..1, so only
+    the guided region contributes. Normalized like :func:`gram` with the guidance mass Σg² in
+    place of the position count H·W."""
+    *_, h, w, c = features.shape
+    f = (features * guide[..., None]).reshape(*features.shape[:-3], h * w, c)
+    g = jnp.einsum("...ki,...kj->...ij", f, f)
+    mass = jnp.sum(jnp.square(guide)) + 1e-8
+    if norm == "paper":
+        return g
+    if norm in ("mean", "relative"):
+        return g / (c * mass)
+    if norm == "authors":
+        return g / mass
+    raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+
+
+def guided_style_loss(
+    features: jnp.ndarray, guide: jnp.ndarray, target_gram: jnp.ndarray, norm: str = "mean"
+) -> jnp.ndarray:
+    """:func:`style_layer_loss` with the image's Gram guided by ``guide`` (its region only)."""
+    c = features.shape[-1]
+    d2 = jnp.square(guided_gram(features, guide, norm) - target_gram)
+    if norm == "paper":
+        return jnp.sum(d2) / (4.0 * c**2 * (jnp.sum(jnp.square(guide)) + 1e-8) ** 2)
+    if norm == "relative":
+        return jnp.mean(d2) / (jnp.mean(jnp.square(target_gram)) + 1e-30)
+    return jnp.mean(d2)

@@ -549,6 +549,8 @@ def _optimize(
             early_stop_patience=int(cfg.early_stop.patience),
             early_stop_min_delta=float(cfg.early_stop.min_delta),
             style_blend=blend,
+            content_mask=lv.content_mask,
+            style_masks=lv.style_masks,
         )
     assert result is not None and lv is not None
     if _name(cfg.get("color", "none")) == "luminance":
@@ -592,6 +594,8 @@ class Inputs:
     content: np.ndarray
     styles: list[np.ndarray]
     content_rgb: np.ndarray
+    content_mask: np.ndarray | None = None
+    style_masks: list[np.ndarray | None] | None = None
 
 
 def level_inputs(
@@ -607,14 +611,47 @@ def level_inputs(
     content = images.resize_longest(content_raw, size)
     side = max(1, round(max(content.shape[:2]) * scale))
     styles = [images.resize_longest(s, side) for s in styles_raw]
+    cmask, smasks = _masks(cfg, content, styles)
     mode = _name(cfg.get("color", "none"))
     if mode == "histogram":
         styles = [color.match_histogram(s, content) for s in styles]
-        return Inputs(content, styles, content)
+        return Inputs(content, styles, content, cmask, smasks)
     if mode == "luminance":
         grey = [color.luminance_pair(content, s) for s in styles]
-        return Inputs(grey[0][0], [g[1] for g in grey], content)
-    return Inputs(content, styles, content)
+        return Inputs(grey[0][0], [g[1] for g in grey], content, cmask, smasks)
+    return Inputs(content, styles, content, cmask, smasks)
+
+
+def _mask(spec: str, hw: tuple[int, int]) -> np.ndarray:
+    """A mask image as ``hw`` floats in 0..1 (grey level / 255)."""
+    img = images.load_image(spec)
+    return images.resize_to(img, hw).mean(axis=-1) / 255.0
+
+
+def _masks(
+    cfg: DictConfig, content: np.ndarray, styles: list[np.ndarray]
+) -> tuple[np.ndarray | None, list[np.ndarray | None] | None]:
+    cspec, sspec = cfg.get("content_mask"), cfg.get("style_mask")
+    if cspec is None:
+        if sspec is not None:
+            raise ConfigError("style_mask needs content_mask (which region each style goes to)")
+        return None, None
+    if len(styles) > 2:
+        raise ConfigError(f"content_mask routes 1 or 2 style images, got {len(styles)}")
+    if cfg.get("style_blend") is not None:
+        raise ConfigError("style_blend and content_mask exclude each other (masks route styles)")
+    if _name(cfg.loss.get("style", "gram")) != "gram":
+        raise ConfigError("content_mask works with loss.style=gram")
+    smasks: list[np.ndarray | None] = [None] * len(styles)
+    if sspec is not None:
+        specs = list(sspec) if isinstance(sspec, list | tuple | ListConfig) else [sspec]
+        if len(specs) != len(styles):
+            raise ConfigError(f"style_mask has {len(specs)} entries for {len(styles)} styles")
+        smasks = [
+            None if m is None else _mask(str(m), s.shape[:2])
+            for m, s in zip(specs, styles, strict=True)
+        ]
+    return _mask(str(cspec), content.shape[:2]), smasks
 
 
 def _prepare(cfg: DictConfig, backbone: BackboneSpec, loss: LossSpec, size: int) -> tuple:

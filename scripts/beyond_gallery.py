@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from nst import images
@@ -30,7 +31,20 @@ VARIANTS: dict[str, list[str]] = {
     "loss.style=mean_cov": ["loss.style=mean_cov", "loss.beta=10"],
     "pyramid.levels=2": ["pyramid.levels=2"],
     "backbone.normalized=true": ["backbone.normalized=true"],
+    "content_mask: ihc | hubble": [
+        "content_mask=outputs/gallery/half_mask.png",
+        "style=[sample:ihc,sample:hubble_deep_field]",
+    ],
 }
+
+
+def half_mask(path: Path) -> None:
+    """Left half dark, right half bright, the size of the default content (sample:chelsea)."""
+    h, w = images.load_image("sample:chelsea").shape[:2]
+    m = np.zeros((h, w), np.uint8)
+    m[:, w // 2 :] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(m).save(path)
 
 
 def main() -> None:
@@ -40,9 +54,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--height", type=int, default=160)
     a = p.parse_args()
+    half_mask(Path("outputs/gallery/half_mask.png"))
     tiles = []
     for label, overrides in VARIANTS.items():
-        run_dir = Path("outputs/gallery") / label.split()[0].replace("=", "_")
+        run_dir = Path("outputs/gallery") / label.split()[0].replace("=", "_").rstrip(":")
         if not (run_dir / "result.png").exists():
             cmd = [sys.executable, "-m", "nst.app", f"size={a.size}", f"steps={a.steps}"]
             cmd += ["progress=false", f"hydra.run.dir={run_dir}", *overrides]

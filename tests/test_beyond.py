@@ -148,3 +148,64 @@ def test_color_modes_blend_and_pyramid_through_a_wandb_sweep(tmp_path):
     assert diff.mean() < 0.6 and diff.max() < 3.0
     other = np.asarray(Image.open(runs["histogram"] / "result.png").convert("RGB"), np.float64)
     assert np.abs(_iq(other) - _iq(content))[inside].mean() > 2 * diff.mean()
+
+
+def test_guided_gram_only_sees_its_region():
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((6, 8, 4)).astype(np.float32)
+    guide = np.zeros((6, 8), np.float32)
+    guide[:, :3] = 1.0
+    g = losses.guided_gram(f, guide)
+    ff = f[:, :3].reshape(-1, 4).astype(np.float64)
+    np.testing.assert_allclose(g, ff.T @ ff / (4 * guide.sum()), rtol=1e-5)
+    f2 = f.copy()
+    f2[:, 3:] = rng.standard_normal(f2[:, 3:].shape)  # change everything outside the region
+    np.testing.assert_allclose(losses.guided_gram(f2, guide), g, rtol=1e-6)
+
+
+def test_content_mask_routes_each_style_to_its_region():
+    h, w = 32, 48
+    content = np.full((h, w, 3), 128.0, np.float32) + smooth_image(h, w, 1) * 0.1
+    red = np.zeros((h, w, 3), np.float32) + [220.0, 40.0, 40.0]
+    blue = np.zeros((h, w, 3), np.float32) + [40.0, 40.0, 220.0]
+    red += smooth_image(h, w, 2) * 0.2
+    blue += smooth_image(h, w, 3) * 0.2
+    mask = np.zeros((h, w), np.float32)
+    mask[:, w // 2 :] = 1.0  # bright right half -> the second style
+    loss = LossSpec(
+        content_layers={"relu2_2": 1.0}, style_layers={"relu1_1": 0.5, "relu2_1": 0.5}, beta=1e5
+    )
+    out = stylize(
+        content,
+        [red, blue],
+        content.copy(),
+        random_params("vgg16", 0),
+        backbone=BackboneSpec(),
+        loss=loss,
+        optimizer=OptimizerSpec(lr=5.0),
+        steps=40,
+        progress=False,
+        content_mask=mask,
+    ).image
+    redness = out[..., 0] - out[..., 2]
+    left, right = redness[:, : w // 2 - 4].mean(), redness[:, w // 2 + 4 :].mean()
+    assert left > 20 and right < -20, (left, right)
+
+
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        ({"style_mask": "sample:coins"}, "style_mask needs content_mask"),
+        ({"content_mask": "sample:coins", "style_blend": [0.5, 0.5]}, "exclude each other"),
+        ({"content_mask": "sample:coins", "style_mask": ["sample:coins"]}, "1 entries for 2"),
+        ({"content_mask": "sample:coins", "loss": {"style": "mean_cov"}}, "loss.style=gram"),
+    ],
+)
+def test_mask_config_errors(cfg, match):
+    from nst.errors import ConfigError
+
+    base = {"style_scale": 1.0, "color": "none", "loss": {"style": "gram"}}
+    c = OmegaConf.create({**base, **cfg})
+    styles = [smooth_image(20, 20, 1), smooth_image(20, 20, 2)]
+    with pytest.raises(ConfigError, match=match):
+        level_inputs(c, smooth_image(30, 40, 3), styles, 40)
