@@ -143,6 +143,9 @@ class PyramidConfig:
     # next level's init; `steps` per level.
     levels: int = 1
     scale_factor: float = 2.0
+    # Steps per level, coarse to fine (None: `steps` at every level). High resolution is cheap
+    # this way: e.g. size=2048 pyramid.levels=3 pyramid.steps=[300,100,30].
+    steps: list[int] | None = None
 
 
 @dataclass

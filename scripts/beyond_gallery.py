@@ -30,7 +30,7 @@ VARIANTS: dict[str, list[str]] = {
     "style_scale=0.5": ["style_scale=0.5"],
     "loss.style=mean_cov": ["loss.style=mean_cov", "loss.beta=10"],
     "pyramid.levels=2": ["pyramid.levels=2"],
-    "backbone.normalized=true": ["backbone.normalized=true"],
+    "backbone.normalized=true": ["backbone.normalized=true", "loss.beta=1e5"],
     "content_mask: ihc | hubble": [
         "content_mask=outputs/gallery/half_mask.png",
         "style=[sample:ihc,sample:hubble_deep_field]",
@@ -72,7 +72,7 @@ def main() -> None:
             (5, 4), label, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0)
         )
         tiles.append(tile)
-    cols = 4
+    cols = 3
     rows = -(-len(tiles) // cols)
     tw, th = max(t.width for t in tiles), a.height
     sheet = Image.new("RGB", (cols * tw + (cols - 1) * 6, rows * th + (rows - 1) * 6), "white")

@@ -209,3 +209,15 @@ def test_mask_config_errors(cfg, match):
     styles = [smooth_image(20, 20, 1), smooth_image(20, 20, 2)]
     with pytest.raises(ConfigError, match=match):
         level_inputs(c, smooth_image(30, 40, 3), styles, 40)
+
+
+def test_pyramid_steps_per_level():
+    from nst.errors import ConfigError
+    from nst.run import level_steps
+
+    cfg = OmegaConf.create({"steps": 7, "pyramid": {"steps": None}})
+    assert level_steps(cfg, 3) == [7, 7, 7]
+    cfg.pyramid.steps = [30, 10, 3]
+    assert level_steps(cfg, 3) == [30, 10, 3]
+    with pytest.raises(ConfigError, match="one per level"):
+        level_steps(cfg, 2)
