@@ -29,7 +29,7 @@ def test_conv_flops_counts_forward_and_input_gradient():
 
 def test_bench_command_writes_json_lines_and_table(tmp_path):
     out = tmp_path / "bench.jsonl"
-    args = ["--sizes", "64", "--steps", "3", "--warmup", "1", "--out", str(out)]
+    args = ["--sizes", "64", "--steps", "3", "--warmup", "1", "--grid", "2", "--out", str(out)]
     torch = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode
     if torch == 0:
         args.append("--compare-torch")
@@ -41,6 +41,10 @@ def test_bench_command_writes_json_lines_and_table(tmp_path):
     )
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
+    grid = [r for r in rows if r["impl"] == "grid"]
+    assert len(grid) == 1 and grid[0]["jobs"] == 2 and grid[0]["batched"]["batch"] == 2
+    assert grid[0]["batched_over_sequential_throughput"] > 0
+    assert "grid vgg16 64 px, 2 jobs" in p.stdout
     jax_rows = [r for r in rows if r["impl"] == "jax"]
     assert len(jax_rows) == 1
     r = jax_rows[0]
