@@ -221,3 +221,17 @@ def test_pyramid_steps_per_level():
     assert level_steps(cfg, 3) == [30, 10, 3]
     with pytest.raises(ConfigError, match="one per level"):
         level_steps(cfg, 2)
+
+
+def test_2048_px_fits_20_gib_and_absurd_sizes_do_not(monkeypatch):
+    """High resolution: the memory check lets a 2048 px VGG16 step through on a 20 GiB machine
+    (the README's 2048 px run peaked at 11.6 GiB RSS) and refuses 8192 px."""
+    from nst import run as nrun
+    from nst.errors import ConfigError
+
+    monkeypatch.setattr(nrun, "available_memory", lambda: 20 * 2**30)
+    layers = LossSpec().layers
+    assert nrun.estimate_memory("vgg16", layers, (1362, 2048)) < 16 * 2**30
+    nrun.check_memory("vgg16", layers, (300, 451), 2048)
+    with pytest.raises(ConfigError, match="GiB"):
+        nrun.check_memory("vgg16", layers, (300, 451), 8192)
