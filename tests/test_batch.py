@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from nst import batch
 from nst.engine import BackboneSpec, Diverged, LossSpec, RunResult, stylize
@@ -136,3 +137,27 @@ def test_batched_launcher_matches_the_basic_launcher(tmp_path):
         assert {"result.png", "metrics.jsonl", "summary.json", ".hydra", "wandb"} <= names, names
         assert list((run / "wandb").glob("offline-run-*"))
     assert (batched / "contact_sheet.png").is_file() and (batched / "summary.csv").is_file()
+
+
+def test_batched_launcher_with_pyramid_jobs(tmp_path):
+    """Jobs that optimize several times (pyramid levels) meet the others once, then go on alone."""
+    sweep = tmp_path / "sweep"
+    p = nst(
+        "-m",
+        *[a for a in FAST if not a.startswith("size=")],
+        "size=64",
+        "pyramid.levels=2",
+        "loss.beta=1e2,1e4",
+        "hydra/launcher=batched",
+        f"hydra.sweep.dir={sweep}",
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    for s in sweep.glob("*/summary.json"):
+        d = json.loads(s.read_text())
+        assert d["status"] == "ok" and d["pyramid"] == [32, 64]
+        # The last level really ran: a full-size result and metrics rows from both levels.
+        assert max(Image.open(s.parent / "result.png").size) == 64
+        levels = [json.loads(x)["level"] for x in (s.parent / "metrics.jsonl").open()]
+        assert set(levels) == {0.0, 1.0}
+    assert len(list(sweep.glob("*/summary.json"))) == 2
