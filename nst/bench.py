@@ -354,7 +354,7 @@ def max_size(arch: str, budget_bytes: int, *, remat: bool, lo: int = 256, hi: in
 
     loss = LossSpec()
     model = make_model(BackboneSpec(arch=arch, remat=remat), loss)
-    params = {k: v for k, v in random_params(arch, 0).items()}
+    params = random_params(arch, 0)
     tx = make_optimizer(OptimizerSpec())
     update = make_update_fn(make_loss_fn(model, loss), tx)
 

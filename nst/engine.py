@@ -192,13 +192,14 @@ def _guided_targets(model, params, content, styles, loss, content_mask, style_ma
     cm = np.clip(np.asarray(content_mask, np.float32), 0.0, 1.0)
     regions = [cm] if len(styles) == 1 else [1.0 - cm, cm]
     masks = list(style_masks) if style_masks is not None else [None] * len(styles)
-    fc = jax.jit(lambda p, x: features(model, p, x[None]))(params, jnp.asarray(content))
+    feats = jax.jit(lambda p, x: features(model, p, x[None]))
+    fc = feats(params, jnp.asarray(content))
     style_t, guide = {}, {}
     for k in loss.style_layers:
         pools = downsampling(model.arch, k)
         guide[k] = jnp.stack([jnp.asarray(downsample_mask(r, pools)) for r in regions])
     for i, s in enumerate(styles):
-        fs = jax.jit(lambda p, x: features(model, p, x[None]))(params, jnp.asarray(s))
+        fs = feats(params, jnp.asarray(s))
         for k in loss.style_layers:
             sm = masks[i] if masks[i] is not None else np.ones(s.shape[:2], np.float32)
             g = losses.guided_gram(

@@ -366,7 +366,7 @@ def _run(
         writer.write_summary({"status": "failed", "error": _one_line(e)})
         writer.close(1)
         raise
-    init, params, winfo, backbone, content_raw, styles_raw, sizes = prepared
+    init, params, winfo, backbone, content_raw, styles_raw, sizes, levels = prepared
     specs, blend = style_specs(cfg)
     with stop_on_signals() as stop:
         exit_code = 1
@@ -384,9 +384,8 @@ def _run(
                     ckpt_path=ckpt_path,
                     resume_state=resume_state,
                     should_stop=stop.is_set,
-                    content_raw=content_raw,
-                    styles_raw=styles_raw,
                     sizes=sizes,
+                    levels=levels,
                 )
             except Diverged as d:
                 raise _record_divergence(d, cfg, run_dir, t0) from None
@@ -509,9 +508,8 @@ def _optimize(
     ckpt_path: Path,
     resume_state: Any,
     should_stop: Callable[[], bool],
-    content_raw: np.ndarray,
-    styles_raw: list[np.ndarray],
     sizes: list[int],
+    levels: list[Inputs],
 ) -> tuple[Any, Inputs]:
     """Run the optimization, coarse to fine when ``pyramid.levels`` > 1: each level starts from
     the previous level's result upsampled (the optimizer starts afresh: Adam's moments and
@@ -524,10 +522,9 @@ def _optimize(
     per_level = level_steps(cfg, len(sizes))
     result, lv = None, None
     offset = 0
-    for k, size_k in enumerate(sizes):
+    for k, (size_k, lv) in enumerate(zip(sizes, levels, strict=True)):
         last = k == len(sizes) - 1
         steps = per_level[k]
-        lv = level_inputs(cfg, content_raw, styles_raw, size_k)
         if result is not None:
             init = images.resize_to(result.image, lv.content.shape[:2])
         w = writer if len(sizes) == 1 else LevelWriter(writer, k, size_k, offset)
@@ -683,12 +680,13 @@ def _prepare(cfg: DictConfig, backbone: BackboneSpec, loss: LossSpec, size: int)
     check_memory(backbone.arch, loss.layers, content_raw.shape[:2], size)
     sizes = pyramid_sizes(size, int(cfg.pyramid.levels), float(cfg.pyramid.scale_factor))
     level_steps(cfg, len(sizes))  # fail early on a bad list
-    for s in sizes:
-        lv = level_inputs(cfg, content_raw, styles_raw, s)
+    # Every level's inputs once (resizing, colour mode, masks), checked before any work.
+    levels = [level_inputs(cfg, content_raw, styles_raw, s) for s in sizes]
+    for s, lv in zip(sizes, levels, strict=True):
         check_size(backbone.arch, loss.layers, lv.content.shape[:2], s)
         for st in lv.styles:
             check_size(backbone.arch, loss.style_layers or loss.layers, st.shape[:2], s)
-    first = level_inputs(cfg, content_raw, styles_raw, sizes[0])
+    first = levels[0]
     init = make_init(
         _name(cfg.init.name),
         first.content,
@@ -729,7 +727,7 @@ def _prepare(cfg: DictConfig, backbone: BackboneSpec, loss: LossSpec, size: int)
         dtype=backbone.dtype,
         remat=backbone.remat,
     )
-    return init, params, winfo, backbone, content_raw, styles_raw, sizes
+    return init, params, winfo, backbone, content_raw, styles_raw, sizes, levels
 
 
 def _record_divergence(d: Diverged, cfg: DictConfig, run_dir: Path, t0: float) -> DivergedError:
