@@ -130,6 +130,35 @@ def check_output_dirs(argv: list[str]) -> str | None:
     return None
 
 
+# Compiled programs kept across runs (JAX's persistent compilation cache): a second run of the same
+# configuration skips most of XLA's compile time (a 256 px step compiles in ~3 s on 2 cores).
+COMPILE_CACHE_MAX_BYTES = 2 * 2**30
+
+
+def enable_compile_cache() -> str | None:
+    """Point JAX's persistent compilation cache at ``<nst cache>/xla`` unless the user chose a
+    directory (``JAX_COMPILATION_CACHE_DIR``) or turned it off (``NST_COMPILE_CACHE=0``). Set in
+    the environment, so launcher worker processes inherit it. Returns the directory in use."""
+    if os.environ.get("NST_COMPILE_CACHE", "1") == "0":
+        return None
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        from nst.weights import cache_dir
+
+        try:
+            os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir() / "xla")
+        except NstError:
+            return None  # an unwritable cache must not stop a run; weights will say why
+        os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(COMPILE_CACHE_MAX_BYTES))
+    if "jax" in sys.modules:  # read at import: update a JAX that is already loaded
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+        max_size = os.environ.get("JAX_COMPILATION_CACHE_MAX_SIZE")
+        if max_size:
+            jax.config.update("jax_compilation_cache_max_size", int(max_size))
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
 def main() -> None:
     """Console-script entry point (``nst``)."""
     problem = check_output_dirs(sys.argv[1:])
@@ -138,6 +167,7 @@ def main() -> None:
         sys.exit(2)
     # Hydra logs at INFO; JAX's backend probing ("Unable to initialize backend 'tpu'") is noise.
     logging.getLogger("jax").setLevel(logging.WARNING)
+    enable_compile_cache()
     register_configs()
     _hydra_main()
 

@@ -129,6 +129,7 @@ def bench_jax(
     remat: bool = False,
     steps_per_call: int = 0,
     batch: int = 0,
+    conv: str = "auto",
 ) -> dict[str, Any]:
     """Time the jitted step of one configuration. ``batch`` > 0 times the batched grid step
     (``batch`` images with their own α/β in one program, :mod:`nst.batch`)."""
@@ -155,7 +156,7 @@ def bench_jax(
     # At least 5 timed calls, so the spread means something also when calls hold 10 steps.
     calls = max(5, -(-steps // k))
     content, style, inits = _inputs(size, max(batch, 1))
-    backbone = BackboneSpec(arch=arch, dtype=dtype, remat=remat)
+    backbone = BackboneSpec(arch=arch, dtype=dtype, remat=remat, conv=conv)
     loss = LossSpec()
     model = make_model(backbone, loss)
     params = trim_params(model, random_params(arch, 0))
@@ -198,6 +199,7 @@ def bench_jax(
         "w": w,
         "dtype": dtype,
         "remat": remat,
+        "conv": conv,
         "batch": batch,
         "backend": backend,
         "device": dev,
@@ -328,6 +330,7 @@ def bench_torch(
         "w": ww,
         "dtype": "float32",
         "remat": False,
+        "conv": "cudnn" if cuda else "onednn",
         "batch": 0,
         "backend": dev.type,
         "device": device_kind()[1] if cuda else "cpu",
@@ -389,11 +392,11 @@ def max_size(arch: str, budget_bytes: int, *, remat: bool, lo: int = 256, hi: in
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table of benchmark rows."""
     head = (
-        "| impl | backbone | size (HxW) | dtype | remat | batch | device | compile s "
+        "| impl | backbone | size (HxW) | dtype | remat | batch | device | conv | compile s "
         "| step ms (p10-p90) | steps/s | MPix·steps/s | GFLOP/step | TFLOP/s | MFU | peak MiB "
         "| jax/torch |"
     )
-    lines = [head, "|" + "---|" * 16]
+    lines = [head, "|" + "---|" * 17]
     for r in rows:
         mfu = f"{100 * r['mfu']:.0f}%" if r.get("mfu") else "-"
         peak = f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") else "-"
@@ -401,11 +404,73 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['impl']} | {r['backbone']} | {r['h']}x{r['w']} | {r['dtype']} | "
             f"{'yes' if r['remat'] else 'no'} | {r['batch'] or 1} | {r['backend']}:{r['device']} | "
-            f"{r['compile_s']:.1f} | {1e3 * r['step_s_median']:.1f} "
+            f"{r.get('conv', '-')} | {r['compile_s']:.1f} | {1e3 * r['step_s_median']:.1f} "
             f"({1e3 * r['step_s_p10']:.1f}-{1e3 * r['step_s_p90']:.1f}) | "
             f"{r['steps_per_s']:.2f} | {r['mpix_steps_per_s']:.3f} | "
             f"{r['flops_per_step'] / 1e9:.1f} | {r['flops_per_s'] / 1e12:.3f} | {mfu} | {peak} "
             f"| {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def conv_layer_bench(arch: str, size: int, steps: int = 10) -> list[dict[str, Any]]:
+    """Every convolution of ``arch`` at its resolution for a ``size`` px image, forward and
+    input-gradient (a C_out -> C_in convolution), timed with each implementation: the
+    measurements behind :data:`nst.vgg.WINOGRAD_MIN_CHANNELS`."""
+    import jax
+    import jax.numpy as jnp
+
+    from nst import vgg
+
+    backend, dev = device_kind()
+    h, w = hw_for(size)
+    plan = {n: (f, b) for n, f, b in vgg.conv_plan(arch, "auto", backend)}
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, (_, _, cin, cout) in vgg.conv_shapes(arch).items():
+        s = 2 ** (int(name[4]) - 1)
+        for direction, (ci, co) in (("forward", (cin, cout)), ("input-gradient", (cout, cin))):
+            x = jnp.asarray(rng.standard_normal((1, h // s, w // s, ci)), jnp.float32)
+            k = jnp.asarray(rng.standard_normal((3, 3, ci, co)) / np.sqrt(9 * ci), jnp.float32)
+            p = vgg.prepare_params({"c": {"kernel": k}}, [("c", "winograd", "xla")])["c"]
+            row: dict[str, Any] = {
+                "impl": "conv",
+                "backbone": arch,
+                "size": size,
+                "layer": name,
+                "direction": direction,
+                "h": h // s,
+                "w": w // s,
+                "c_in": ci,
+                "c_out": co,
+                "flops": 2 * 9 * ci * co * (h // s) * (w // s),
+                "auto": plan[name][0 if direction == "forward" else 1],
+            }
+            for impl, weight in (("xla", k), ("winograd", p["fwd"])):
+                f = jax.jit(lambda x, wt, impl=impl: vgg.conv_impl(impl, x, wt))
+                jax.block_until_ready(f(x, weight))
+                times = []
+                for _ in range(max(steps, 3)):
+                    t = time.perf_counter()
+                    jax.block_until_ready(f(x, weight))
+                    times.append(time.perf_counter() - t)
+                row[f"{impl}_ms"] = 1e3 * statistics.median(times)
+            row["winograd_speedup"] = row["xla_ms"] / row["winograd_ms"]
+            rows.append(row)
+    return rows
+
+
+def conv_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of :func:`conv_layer_bench` rows."""
+    lines = [
+        "| layer | direction | HxW | C_in->C_out | xla ms | winograd ms | speedup | auto |",
+        "|" + "---|" * 8,
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['layer']} | {r['direction']} | {r['h']}x{r['w']} | {r['c_in']}->{r['c_out']} "
+            f"| {r['xla_ms']:.2f} | {r['winograd_ms']:.2f} | {r['winograd_speedup']:.2f} "
+            f"| {r['auto']} |"
         )
     return "\n".join(lines)
 
@@ -436,6 +501,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
     ap.add_argument("--steps-per-call", type=int, default=0, help="0: the engine's default")
     ap.add_argument("--remat", choices=["no", "yes", "both"], default="no")
+    ap.add_argument(
+        "--conv",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "xla", "winograd"],
+        help="convolution implementations to time (backbone.conv)",
+    )
+    ap.add_argument(
+        "--conv-layers",
+        action="store_true",
+        help="also time every convolution alone, forward and input-gradient, xla vs winograd",
+    )
     ap.add_argument("--compare-torch", action="store_true", help="also time PyTorch eager")
     ap.add_argument("--grid", type=int, default=0, help="also time an N-job batched grid")
     ap.add_argument("--max-size", type=float, default=0, help="budget GiB: largest size that fits")
@@ -471,16 +548,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             jax_rows = []
             for dtype in args.dtype:
                 for remat in remats:
-                    r = bench_jax(
-                        arch,
-                        size,
-                        dtype=dtype,
-                        steps=args.steps,
-                        warmup=args.warmup,
-                        remat=remat,
-                        steps_per_call=args.steps_per_call,
-                    )
-                    jax_rows.append(r)
+                    for conv in args.conv:
+                        r = bench_jax(
+                            arch,
+                            size,
+                            dtype=dtype,
+                            steps=args.steps,
+                            warmup=args.warmup,
+                            remat=remat,
+                            steps_per_call=args.steps_per_call,
+                            conv=conv,
+                        )
+                        jax_rows.append(r)
             if args.compare_torch:
                 t = bench_torch(
                     arch, size, steps=args.steps, warmup=args.warmup, device=torch_device
@@ -502,6 +581,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 g = grid_bench(arch, size, args.grid, args.steps, args.warmup)
                 grid_rows.append(g)
                 emit(g)
+    conv_rows = []
+    if args.conv_layers:
+        for arch in args.backbone:
+            for size in args.sizes:
+                for r in conv_layer_bench(arch, size, args.steps):
+                    conv_rows.append(r)
+                    emit(r)
     size_rows = []
     if args.max_size:
         budget = int(args.max_size * 2**30)
@@ -526,6 +612,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print()
     print(table(rows))
+    if conv_rows:
+        print()
+        print(conv_table(conv_rows))
     for g in grid_rows:
         print(
             f"\ngrid {g['backbone']} {g['size']} px, {g['jobs']} jobs: sequential "

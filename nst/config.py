@@ -96,6 +96,9 @@ class BackboneConfig:
     normalize_size: int = 256
     # jax.checkpoint per VGG block: ~1/3 more compute, far less memory (larger images fit).
     remat: bool = False
+    # Convolution algorithm: auto (Winograd F(4x4,3x3) on the CPU for layers with >= 128
+    # channels, XLA's convolution elsewhere and on GPUs), xla, or winograd. Same function.
+    conv: str = "auto"
 
 
 class StyleWeighting(Enum):

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from nst import losses
 from nst.files import atomic_write_bytes
 from nst.optim import OptimizerSpec, make_optimizer
-from nst.vgg import VGG, apply_vgg, deepest_layer
+from nst.vgg import VGG, apply_vgg, conv_plan, deepest_layer, prepare_params
 from nst.writers import MetricWriter
 
 PIXEL_MAX = 255.0
@@ -44,6 +44,9 @@ class BackboneSpec:
     # jax.checkpoint per VGG block: the backward pass recomputes a block's activations instead
     # of keeping them, so much larger images fit in memory (see nst.vgg.apply_vgg).
     remat: bool = False
+    # How the convolutions run: auto (Winograd on the CPU for layers with >= 128 channels, XLA's
+    # convolution elsewhere), xla or winograd; see nst.vgg.conv_plan. Same function either way.
+    conv: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -96,13 +99,15 @@ def make_model(backbone: BackboneSpec, loss: LossSpec) -> VGG:
         dtype=jnp.dtype(backbone.dtype),
         remat=backbone.remat,
         outputs=tuple(loss.layers),
+        conv_plan=conv_plan(backbone.arch, backbone.conv, jax.default_backend()),
     )
 
 
 def features(model: VGG, params: Params, x: jnp.ndarray) -> dict[str, jnp.ndarray]:
-    """``model``'s activations of ``x`` (``(N, H, W, 3)``); per-block rematerialized when
-    ``model.remat`` (the same function written with jax.checkpoint, :func:`nst.vgg.apply_vgg`)."""
-    if not model.remat:
+    """``model``'s activations of ``x`` (``(N, H, W, 3)``): the Flax module's function computed by
+    :func:`nst.vgg.apply_vgg`, with each convolution as ``model.conv_plan`` says (``params`` from
+    :func:`trim_params`) and per-block rematerialized when ``model.remat``."""
+    if not model.remat and not model.conv_plan:
         return model.apply({"params": params}, x)
     return apply_vgg(
         params,
@@ -112,16 +117,19 @@ def features(model: VGG, params: Params, x: jnp.ndarray) -> dict[str, jnp.ndarra
         preprocessing=model.preprocessing,
         last_layer=model.last_layer,
         dtype=model.dtype,
-        remat=True,
+        remat=model.remat,
         outputs=model.outputs,
+        conv_plan=model.conv_plan,
     )
 
 
 def trim_params(model: VGG, params: Params) -> dict[str, Any]:
-    """Only the convolutions the truncated model uses, as device arrays."""
+    """Only the convolutions the truncated model uses, as device arrays, with what
+    ``model.conv_plan`` needs precomputed (:func:`nst.vgg.prepare_params`)."""
     # Shapes only: eval_shape traces init without computing (and discarding) random weights.
     used = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
-    return jax.device_put({k: dict(params[k]) for k in used})
+    trimmed = jax.device_put({k: dict(params[k]) for k in used})
+    return prepare_params(trimmed, model.conv_plan) if model.conv_plan else trimmed
 
 
 def style_statistics(feats: jnp.ndarray, loss: LossSpec) -> Any:

@@ -7,6 +7,7 @@ everything below (engine, losses, weights, images) takes arrays and plain values
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -129,8 +130,17 @@ def specs_from_config(cfg: DictConfig) -> tuple[BackboneSpec, LossSpec, Optimize
         pooling=_name(cfg.backbone.pooling),
         dtype=cfg.backbone.dtype,
         remat=bool(cfg.backbone.get("remat", False)),
+        conv=_conv_choice(cfg.backbone.get("conv", "auto")),
     )
     return backbone, loss, opt
+
+
+def _conv_choice(value: Any) -> str:
+    from nst.vgg import CONV_CHOICES
+
+    if str(value) not in CONV_CHOICES:
+        raise ConfigError(f"backbone.conv must be one of {', '.join(CONV_CHOICES)}, got {value!r}")
+    return str(value)
 
 
 def make_init(
@@ -720,13 +730,7 @@ def _prepare(cfg: DictConfig, backbone: BackboneSpec, loss: LossSpec, size: int)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         winfo = {**winfo, "normalized": ninfo}
-    backbone = BackboneSpec(
-        arch=backbone.arch,
-        pooling=backbone.pooling,
-        preprocessing=winfo["preprocessing"],
-        dtype=backbone.dtype,
-        remat=backbone.remat,
-    )
+    backbone = dataclasses.replace(backbone, preprocessing=winfo["preprocessing"])
     return init, params, winfo, backbone, content_raw, styles_raw, sizes, levels
 
 

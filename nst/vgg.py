@@ -8,6 +8,7 @@ mean/std) is part of the forward pass, so callers always hand it RGB pixels in 0
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 import jax.numpy as jnp
@@ -123,6 +124,9 @@ class VGG(nn.Module):
     dtype: jnp.dtype = jnp.float32
     remat: bool = False  # honoured by nst.engine.features (per-block jax.checkpoint)
     outputs: tuple[str, ...] | None = None  # the layers the loss reads (remat keeps only these)
+    # Per conv layer (name, forward impl, input-gradient impl), honoured by nst.engine.features
+    # through apply_vgg with prepare_params'd params (see conv_plan); () = XLA's convolution.
+    conv_plan: tuple[tuple[str, str, str], ...] = ()
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> dict[str, jnp.ndarray]:
@@ -158,6 +162,126 @@ def validate_layers(arch: str, names: Sequence[str]) -> None:
         )
 
 
+CONV_IMPLS = ("xla", "winograd")
+CONV_CHOICES = ("auto", *CONV_IMPLS)
+# Winograd pays off on XLA:CPU once a convolution has >= 128 channels on one side (measured per
+# layer and direction by `nst-bench --conv-layers`: 1.3-2.5x; 2x slower for 64 -> 64, where the
+# memory-bound transforms cost more than the multiplies they save).
+WINOGRAD_MIN_CHANNELS = 128
+
+
+def conv_plan(arch: str, conv: str, backend: str) -> tuple[tuple[str, str, str], ...]:
+    """How each convolution of ``arch`` runs: ``(name, forward, input-gradient)`` implementations.
+
+    ``conv``: ``xla`` (XLA's convolution both ways), ``winograd`` (F(4x4, 3x3) both ways, every
+    layer but the 3-channel first one's gradient) or ``auto``: Winograd on the CPU where both
+    convolution has ``WINOGRAD_MIN_CHANNELS`` channels on one side (all but block 1), XLA
+    elsewhere and on accelerators (cuDNN picks its own algorithms there)."""
+    if conv not in CONV_CHOICES:
+        raise ValueError(f"unknown conv implementation {conv!r}; valid: {', '.join(CONV_CHOICES)}")
+    plan = []
+    for name, (_, _, cin, cout) in conv_shapes(arch).items():
+        if conv == "auto":
+            wide = backend == "cpu" and max(cin, cout) >= WINOGRAD_MIN_CHANNELS
+            fwd = bwd = "winograd" if wide else "xla"
+        else:
+            fwd = bwd = conv
+        plan.append((name, "xla" if cin < 8 else fwd, "xla" if cin < 8 else bwd))
+    return tuple(plan)
+
+
+def flip_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
+    """The kernel whose SAME convolution is the input gradient of ``kernel``'s: spatially
+    flipped, input and output channels swapped (HWIO)."""
+    return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+
+
+def prepare_params(params: dict, plan: Sequence[tuple[str, str, str]]) -> dict:
+    """Add, once per run, what each convolution of ``plan`` needs besides kernel and bias:
+    ``fwd`` (Winograd-transformed kernel) and ``bwd`` (the input-gradient kernel, flipped, or
+    its Winograd transform). Inside the step XLA would otherwise redo these transposes on every
+    call (~10% of a 256 px step on the CPU), as the weights are arguments, not constants."""
+    return _prepare_jit()(params, tuple(tuple(p) for p in plan))
+
+
+@functools.cache
+def _prepare_jit():
+    import jax
+
+    from nst import winograd
+
+    def prepare(params: dict, plan: tuple) -> dict:
+        out = {k: dict(v) for k, v in params.items()}
+        for name, fwd, bwd in plan:
+            if name not in out:
+                continue
+            k = jnp.asarray(out[name]["kernel"])
+            if fwd == "winograd":
+                out[name]["fwd"] = winograd.transform_kernel(k)
+            kt = flip_kernel(k)
+            out[name]["bwd"] = winograd.transform_kernel(kt) if bwd == "winograd" else kt
+        return out
+
+    # One program for all layers (eager ops would compile one small program per layer shape).
+    return jax.jit(prepare, static_argnums=1)
+
+
+def conv_impl(impl: str, x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
+    """3x3 SAME convolution of ``x`` by ``impl``: ``w`` is the HWIO kernel for xla, its
+    :func:`nst.winograd.transform_kernel` for winograd."""
+    import jax
+
+    if impl == "winograd":
+        from nst import winograd
+
+        return winograd.conv3x3(x, w)
+    return jax.lax.conv_general_dilated(
+        x, w.astype(x.dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def _make_conv():
+    import jax
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+    def conv(x, w_fwd, w_bwd, impls):
+        return conv_impl(impls[0], x, w_fwd)
+
+    def fwd(x, w_fwd, w_bwd, impls):
+        return conv_impl(impls[0], x, w_fwd), (w_fwd, w_bwd)
+
+    def bwd(impls, res, g):
+        # Only the input gradient: the weights are frozen (their cotangents are zeros that XLA
+        # drops), and nothing of x needs keeping for the backward pass.
+        w_fwd, w_bwd = res
+        return conv_impl(impls[1], g, w_bwd), jnp.zeros_like(w_fwd), jnp.zeros_like(w_bwd)
+
+    conv.defvjp(fwd, bwd)
+    return conv
+
+
+_CONV = None
+
+
+def conv3x3(x: jnp.ndarray, p: dict, impls: tuple[str, str]) -> jnp.ndarray:
+    """3x3 SAME convolution (no bias) of ``x`` ``(N, H, W, C_in)`` with the prepared params ``p``
+    of one layer (:func:`prepare_params`), forward and input gradient by ``impls``."""
+    global _CONV
+    if _CONV is None:
+        _CONV = _make_conv()
+    w_fwd = p["fwd"] if impls[0] == "winograd" else p["kernel"]
+    return _CONV(x, w_fwd, p["bwd"], tuple(impls))
+
+
+def max_pool2(x: jnp.ndarray) -> jnp.ndarray:
+    """2x2 stride-2 VALID max pooling of ``(N, H, W, C)`` as a reshape and a max: its gradient
+    is an elementwise mask, where XLA:CPU lowers reduce_window's (select-and-scatter) into index
+    tensors and a scatter that cost ~25% of a 256 px step."""
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 def apply_vgg(
     params: dict,
     x: jnp.ndarray,
@@ -169,13 +293,15 @@ def apply_vgg(
     dtype: jnp.dtype = jnp.float32,
     remat: bool = False,
     outputs: Sequence[str] | None = None,
+    conv_plan: Sequence[tuple[str, str, str]] = (),
 ) -> dict[str, jnp.ndarray]:
     """The same function as :class:`VGG` (same params, same outputs) written with plain JAX ops,
     so that ``remat=True`` can wrap each block in :func:`jax.checkpoint`: the backward pass then
     keeps only the block outputs and recomputes the activations inside a block when it needs
     them, trading ~1/3 more compute for a peak memory of about one block's activations.
     ``outputs`` limits the returned layers (None: all); with remat only those and the block
-    outputs are kept, which is what saves the memory."""
+    outputs are kept, which is what saves the memory. With ``conv_plan`` (and params from
+    :func:`prepare_params` with the same plan) each convolution runs as the plan says."""
     import jax
 
     if pooling not in ("max", "avg"):
@@ -186,11 +312,14 @@ def apply_vgg(
     x = preprocess(x, preprocessing).astype(dtype)
 
     keep = set(names if outputs is None else outputs)
+    impls = {name: (f, b) for name, f, b in conv_plan}
 
     def block(p: dict, x: jnp.ndarray, layers: list[str]) -> dict[str, jnp.ndarray]:
         out = {}
         for name in layers:
-            if name.startswith("conv"):
+            if name.startswith("conv") and name in impls:
+                x = conv3x3(x, p[name], impls[name]) + jnp.asarray(p[name]["bias"], dtype)
+            elif name.startswith("conv"):
                 k = jnp.asarray(p[name]["kernel"], dtype)
                 x = jax.lax.conv_general_dilated(
                     x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
@@ -198,9 +327,7 @@ def apply_vgg(
             elif name.startswith("relu"):
                 x = jnp.maximum(x, 0)
             elif pooling == "max":
-                x = jax.lax.reduce_window(
-                    x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
-                )
+                x = max_pool2(x)
             else:
                 x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
                 x = x / 4

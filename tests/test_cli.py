@@ -389,3 +389,20 @@ def test_killed_run_resumes_byte_identical(tmp_path, write_png, how):
     assert not (run / "checkpoint.npz").exists()
     again = nst(*args, f"hydra.run.dir={run}", "resume=true")
     assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_compile_cache_dir_choice(tmp_path):
+    """nst keeps compiled programs under its cache unless told otherwise."""
+    code = "from nst.app import enable_compile_cache as e; print(e())"
+
+    def ask(**env):
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "NST_"))}
+        p = subprocess.run(
+            [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True
+        )
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip()
+
+    assert ask(NST_CACHE_DIR=str(tmp_path)) == str(tmp_path / "xla")
+    assert ask(NST_CACHE_DIR=str(tmp_path), JAX_COMPILATION_CACHE_DIR="/x/y") == "/x/y"
+    assert ask(NST_CACHE_DIR=str(tmp_path), NST_COMPILE_CACHE="0") == "None"

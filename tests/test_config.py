@@ -143,3 +143,12 @@ def test_paper_experiments_compose(name):
     assert cfg.figure.name == f"gatys2016/{name}"
     assert str(cfg.content).startswith("/imgs/")
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and cfg.hydra.sweeper.params
+
+
+def test_conv_choice_reaches_spec_and_bad_values_fail():
+    from nst.errors import ConfigError
+
+    assert specs_from_config(_compose())[0].conv == "auto"
+    assert specs_from_config(_compose(["backbone.conv=xla"]))[0].conv == "xla"
+    with pytest.raises(ConfigError, match="backbone.conv must be one of auto, xla, winograd"):
+        specs_from_config(_compose(["backbone.conv=fft"]))

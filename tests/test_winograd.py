@@ -1,0 +1,107 @@
+"""The fast convolution paths compute the same function: Winograd F(4x4,3x3) against a direct
+NumPy correlation, the custom input-gradient against autodiff, the reshape max-pool against
+reduce_window, and the planned network against the Flax module (values and gradients)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nst import vgg, winograd
+from nst.engine import BackboneSpec, LossSpec, features, make_model, trim_params
+from tests.conftest import smooth_image
+
+
+def numpy_conv_same(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """y[n,i,j,o] = sum_{a,b,c} xpad[n,i+a,j+b,c] k[a,b,c,o] (3x3, zero padding 1), float64."""
+    n, h, w, _ = x.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = np.zeros((n, h, w, k.shape[-1]))
+    for a in range(3):
+        for b in range(3):
+            y += np.einsum("nhwc,co->nhwo", xp[:, a : a + h, b : b + w], k[a, b])
+    return y
+
+
+def _lax_conv(x, k):
+    return jax.lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 8, 8, 5, 7), (2, 7, 10, 3, 4), (1, 1, 3, 2, 2), (1, 13, 5, 16, 9)]
+)
+def test_winograd_equals_numpy_correlation(shape):
+    n, h, w, c, o = shape
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    k = rng.standard_normal((3, 3, c, o)).astype(np.float32)
+    got = np.asarray(winograd.conv3x3(jnp.asarray(x), winograd.transform_kernel(jnp.asarray(k))))
+    ref = numpy_conv_same(x, k)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("impls", [("xla", "xla"), ("winograd", "winograd"), ("xla", "winograd")])
+def test_planned_conv_value_and_input_gradient(impls):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 9, 14, 6)).astype(np.float32))
+    k = jnp.asarray(rng.standard_normal((3, 3, 6, 5)).astype(np.float32))
+    p = vgg.prepare_params({"c": {"kernel": k, "bias": jnp.zeros(5)}}, [("c", *impls)])["c"]
+    cot = jnp.asarray(rng.standard_normal((2, 9, 14, 5)).astype(np.float32))
+    y, vjp = jax.vjp(lambda x: vgg.conv3x3(x, p, impls), x)
+    y_ref, vjp_ref = jax.vjp(lambda x: _lax_conv(x, k), x)
+    np.testing.assert_allclose(y, y_ref, atol=1e-4 * float(jnp.abs(y_ref).max()))
+    (g,), (g_ref,) = vjp(cot), vjp_ref(cot)
+    np.testing.assert_allclose(g, g_ref, atol=1e-4 * float(jnp.abs(g_ref).max()))
+
+
+@pytest.mark.parametrize("hw", [(8, 6), (7, 9), (1, 5)])
+def test_max_pool2_equals_reduce_window(hw):
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, *hw, 3)).astype(np.float32))
+
+    def ref(x):
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+    np.testing.assert_array_equal(vgg.max_pool2(x), ref(x))
+    if hw[0] >= 2:  # no ties in random data: the gradients route to the same elements
+        w = jnp.arange(ref(x).size, dtype=jnp.float32).reshape(ref(x).shape)
+        g, g_ref = (
+            jax.grad(lambda x, pool=pool: jnp.sum(pool(x) * w))(x) for pool in (vgg.max_pool2, ref)
+        )
+        np.testing.assert_array_equal(g, g_ref)
+
+
+def test_conv_plan_rules():
+    plan = {n: (f, b) for n, f, b in vgg.conv_plan("vgg16", "auto", "cpu")}
+    assert plan["conv1_1"] == plan["conv1_2"] == ("xla", "xla")  # 3 and 64 channels
+    assert plan["conv2_1"] == plan["conv5_3"] == ("winograd", "winograd")
+    gpu = vgg.conv_plan("vgg19", "auto", "gpu")
+    assert {(f, b) for _, f, b in gpu} == {("xla", "xla")}
+    forced = {n: (f, b) for n, f, b in vgg.conv_plan("vgg16", "winograd", "gpu")}
+    assert forced["conv1_1"] == ("xla", "xla") and forced["conv1_2"] == ("winograd", "winograd")
+    with pytest.raises(ValueError, match="valid: auto, xla, winograd"):
+        vgg.conv_plan("vgg16", "fft", "cpu")
+
+
+@pytest.mark.parametrize("conv", ["auto", "winograd"])
+def test_planned_network_equals_flax_module(vgg16_params, conv):
+    """Features and the input gradient of a loss through every layer match the Flax VGG."""
+    loss = LossSpec(content_layers={"relu4_2": 1.0}, style_layers={"relu1_1": 1.0, "relu5_1": 1.0})
+    x = jnp.asarray(smooth_image(40, 52))[None]
+    ref_model = make_model(BackboneSpec(conv="xla"), loss).clone(conv_plan=())
+    model = make_model(BackboneSpec(conv=conv), loss)
+    assert any(f == "winograd" for _, f, _ in model.conv_plan)
+    p_ref, p = trim_params(ref_model, vgg16_params), trim_params(model, vgg16_params)
+
+    def f(m, p, x):
+        feats = features(m, p, x)
+        return sum(jnp.mean(feats[k] ** 2) for k in loss.layers), feats
+
+    (v_ref, f_ref), g_ref = jax.value_and_grad(f, argnums=2, has_aux=True)(ref_model, p_ref, x)
+    (v, f_got), g = jax.value_and_grad(f, argnums=2, has_aux=True)(model, p, x)
+    for k in loss.layers:
+        np.testing.assert_allclose(f_got[k], f_ref[k], rtol=1e-4, atol=1e-4 * float(f_ref[k].max()))
+    assert float(v) == pytest.approx(float(v_ref), rel=1e-4)
+    np.testing.assert_allclose(g, g_ref, atol=1e-3 * float(jnp.abs(g_ref).max()))
