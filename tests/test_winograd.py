@@ -105,3 +105,21 @@ def test_planned_network_equals_flax_module(vgg16_params, conv):
         np.testing.assert_allclose(f_got[k], f_ref[k], rtol=1e-4, atol=1e-4 * float(f_ref[k].max()))
     assert float(v) == pytest.approx(float(v_ref), rel=1e-4)
     np.testing.assert_allclose(g, g_ref, atol=1e-3 * float(jnp.abs(g_ref).max()))
+
+
+def test_vmapped_conv_folds_the_batch_and_matches_per_image():
+    """Under vmap (the batched grid) each image gets exactly its own convolution and gradient."""
+    rng = np.random.default_rng(3)
+    xs = jnp.asarray(rng.standard_normal((3, 1, 10, 12, 8)).astype(np.float32))
+    k = jnp.asarray(rng.standard_normal((3, 3, 8, 128)).astype(np.float32))
+    impls = ("winograd", "winograd")
+    p = vgg.prepare_params({"c": {"kernel": k, "bias": jnp.zeros(128)}}, [("c", *impls)])["c"]
+
+    def f(x):
+        return jnp.sum(jnp.sin(vgg.conv3x3(x, p, impls)))
+
+    v, g = jax.vmap(jax.value_and_grad(f))(xs)
+    for i in range(3):
+        vi, gi = jax.value_and_grad(f)(xs[i])
+        assert float(v[i]) == pytest.approx(float(vi), rel=1e-5)
+        np.testing.assert_allclose(g[i], gi, atol=1e-5 * float(jnp.abs(gi).max()))
