@@ -173,8 +173,8 @@ WINOGRAD_MIN_CHANNELS = 128
 def conv_plan(arch: str, conv: str, backend: str) -> tuple[tuple[str, str, str], ...]:
     """How each convolution of ``arch`` runs: ``(name, forward, input-gradient)`` implementations.
 
-    ``conv``: ``xla`` (XLA's convolution both ways), ``winograd`` (F(4x4, 3x3) both ways, every
-    layer but the 3-channel first one's gradient) or ``auto``: Winograd on the CPU where both
+    ``conv``: ``xla`` (XLA's convolution both ways), ``winograd`` (F(4x4, 3x3) both ways for
+    every layer but the 3-channel first one) or ``auto``: Winograd on the CPU where a
     convolution has ``WINOGRAD_MIN_CHANNELS`` channels on one side (all but block 1), XLA
     elsewhere and on accelerators (cuDNN picks its own algorithms there)."""
     if conv not in CONV_CHOICES:
@@ -264,6 +264,7 @@ def _foldable(impl: str):
     return conv
 
 
+@functools.cache
 def _make_conv():
     import jax
 
@@ -286,17 +287,11 @@ def _make_conv():
     return conv
 
 
-_CONV = None
-
-
 def conv3x3(x: jnp.ndarray, p: dict, impls: tuple[str, str]) -> jnp.ndarray:
     """3x3 SAME convolution (no bias) of ``x`` ``(N, H, W, C_in)`` with the prepared params ``p``
     of one layer (:func:`prepare_params`), forward and input gradient by ``impls``."""
-    global _CONV
-    if _CONV is None:
-        _CONV = _make_conv()
     w_fwd = p["fwd"] if impls[0] == "winograd" else p["kernel"]
-    return _CONV(x, w_fwd, p["bwd"], tuple(impls))
+    return _make_conv()(x, w_fwd, p["bwd"], tuple(impls))
 
 
 def max_pool2(x: jnp.ndarray) -> jnp.ndarray:
@@ -347,9 +342,7 @@ def apply_vgg(
                 x = conv3x3(x, p[name], impls[name]) + jnp.asarray(p[name]["bias"], dtype)
             elif name.startswith("conv"):
                 k = jnp.asarray(p[name]["kernel"], dtype)
-                x = jax.lax.conv_general_dilated(
-                    x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-                ) + jnp.asarray(p[name]["bias"], dtype)
+                x = conv_impl("xla", x, k) + jnp.asarray(p[name]["bias"], dtype)
             elif name.startswith("relu"):
                 x = jnp.maximum(x, 0)
             elif pooling == "max":
