@@ -353,11 +353,13 @@ def max_size(arch: str, budget_bytes: int, *, remat: bool, lo: int = 256, hi: in
 
     from nst.engine import BackboneSpec, LossSpec, State, make_loss_fn, make_model, make_update_fn
     from nst.optim import OptimizerSpec, make_optimizer
+    from nst.vgg import prepare_params
     from nst.weights import random_params
 
     loss = LossSpec()
     model = make_model(BackboneSpec(arch=arch, remat=remat), loss)
-    params = random_params(arch, 0)
+    raw = random_params(arch, 0)
+    params = jax.eval_shape(lambda p: prepare_params(p, model.conv_plan), raw)
     tx = make_optimizer(OptimizerSpec())
     update = make_update_fn(make_loss_fn(model, loss), tx)
 
@@ -367,7 +369,7 @@ def max_size(arch: str, budget_bytes: int, *, remat: bool, lo: int = 256, hi: in
         img = sds((h, w, 3), np.float32)
         state = jax.eval_shape(lambda x: State(x, tx.init(x), np.int32(0)), img)
         p = jax.tree.map(lambda a: sds(a.shape, np.float32), params)
-        feats = jax.eval_shape(lambda p, x: model.apply({"params": p}, x[None]), p, img)
+        feats = jax.eval_shape(lambda p, x: model.apply({"params": p}, x[None]), raw, img)
         targets = {
             "content": {k: feats[k] for k in loss.content_layers},
             "style": {k: sds((feats[k].shape[-1],) * 2, np.float32) for k in loss.style_layers},
@@ -494,7 +496,13 @@ def grid_bench(arch: str, size: int, jobs: int, steps: int, warmup: int) -> dict
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="nst-bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024])
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[128, 256, 512, 1024],
+        help="longest sides to time (none: only --grid/--max-size/--conv-layers work)",
+    )
     ap.add_argument("--backbone", nargs="+", default=["vgg16"], choices=["vgg16", "vgg19"])
     ap.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     ap.add_argument("--steps", type=int, default=10, help="timed steps per configuration (>=10)")
@@ -605,6 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "w": w,
                     "pixels": h * w,
                 }
+                if remat:
+                    r["remat_pixel_gain"] = r["pixels"] / size_rows[-1]["pixels"]
                 size_rows.append(r)
                 emit(r)
     if out:
@@ -625,6 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"\nlargest {r['backbone']} step within {r['budget_gib']} GiB, remat={r['remat']}: "
             f"{r['h']}x{r['w']} ({r['pixels'] / 1e6:.2f} MPix)"
+            + (f", {r['remat_pixel_gain']:.2f}x the pixels of remat=False" if r["remat"] else "")
         )
     return 0
 

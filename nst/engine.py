@@ -24,7 +24,16 @@ from tqdm.auto import tqdm
 from nst import losses
 from nst.files import atomic_write_bytes
 from nst.optim import OptimizerSpec, make_optimizer
-from nst.vgg import VGG, apply_vgg, conv_plan, deepest_layer, prepare_params
+from nst.vgg import (
+    VGG,
+    apply_vgg,
+    apply_vgg_striped,
+    conv_plan,
+    deepest_layer,
+    layer_names,
+    layer_size,
+    prepare_params,
+)
 from nst.writers import MetricWriter
 
 PIXEL_MAX = 255.0
@@ -47,6 +56,16 @@ class BackboneSpec:
     # How the convolutions run: auto (Winograd on the CPU for layers with >= 128 channels, XLA's
     # convolution elsewhere), xla or winograd; see nst.vgg.conv_plan. Same function either way.
     conv: str = "auto"
+    # With remat: the blocks before the first content layer (at most STRIP_BLOCKS_MAX) run over
+    # strips of about this many rows, one strip at a time (nst.vgg.apply_vgg_striped).
+    strip_rows: int = 128
+
+
+# Blocks 1-3 hold ~80% of VGG16's activations, and the peak of a step is in the backward pass of
+# the largest block: striping 1-3 leaves block 4 (1/64 of the pixels) as the peak. Measured with
+# XLA's memory analysis at 1536x2048 (`nst-bench --max-size`): temporaries 8.3 GiB without
+# remat, 2.9 GiB striping blocks 1-2, 1.3 GiB striping 1-3; at 384x512 the step is 1.2x slower.
+STRIP_BLOCKS_MAX = 3
 
 
 @dataclass(frozen=True)
@@ -100,7 +119,25 @@ def make_model(backbone: BackboneSpec, loss: LossSpec) -> VGG:
         remat=backbone.remat,
         outputs=tuple(loss.layers),
         conv_plan=conv_plan(backbone.arch, backbone.conv, jax.default_backend()),
+        strip_blocks=strip_blocks(backbone, loss),
+        strip_rows=backbone.strip_rows,
     )
+
+
+def strip_blocks(backbone: BackboneSpec, loss: LossSpec) -> int:
+    """How many leading VGG blocks run in strips: with remat, those (up to STRIP_BLOCKS_MAX)
+    whose layers the loss reads only through Gram matrices (a Gram sums over rows; a content
+    layer or mean/covariance statistics would need the whole activation)."""
+    if not backbone.remat or loss.style_loss != "gram" or backbone.strip_rows <= 0:
+        return 0
+    names = layer_names(backbone.arch)
+    deepest = names.index(deepest_layer(backbone.arch, loss.layers))
+    blocks = 0
+    for b in range(1, STRIP_BLOCKS_MAX + 1):
+        if any(int(n[4]) <= b for n in loss.content_layers) or deepest < names.index(f"pool{b}"):
+            break
+        blocks = b
+    return blocks
 
 
 def features(model: VGG, params: Params, x: jnp.ndarray) -> dict[str, jnp.ndarray]:
@@ -112,6 +149,31 @@ def features(model: VGG, params: Params, x: jnp.ndarray) -> dict[str, jnp.ndarra
     return apply_vgg(
         params,
         x,
+        arch=model.arch,
+        pooling=model.pooling,
+        preprocessing=model.preprocessing,
+        last_layer=model.last_layer,
+        dtype=model.dtype,
+        remat=model.remat,
+        outputs=model.outputs,
+        conv_plan=model.conv_plan,
+    )
+
+
+def features_and_grams(
+    model: VGG, params: Params, x: jnp.ndarray
+) -> tuple[dict[str, jnp.ndarray], dict[str, jnp.ndarray]]:
+    """``model``'s activations of ``x`` as :func:`features`, except that the layers of the first
+    ``model.strip_blocks`` blocks come as unnormalized Grams ``(N, C, C)`` in the second dict,
+    computed strip by strip (:func:`nst.vgg.apply_vgg_striped`). No strips: no Grams."""
+    if not model.strip_blocks:
+        return features(model, params, x), {}
+    return apply_vgg_striped(
+        params,
+        x,
+        strip_blocks=model.strip_blocks,
+        strip_rows=model.strip_rows,
+        gram_layers=model.outputs or (),
         arch=model.arch,
         pooling=model.pooling,
         preprocessing=model.preprocessing,
@@ -164,15 +226,23 @@ def compute_targets(
     if len(blend) != len(styles):
         raise ValueError(f"{len(styles)} style images but {len(blend)} blend weights")
 
+    # Through features_and_grams: with remat the first blocks run in strips here too, so the
+    # targets of a large image need no more memory than its steps.
     @jax.jit
     def content_targets(params, content):
-        fc = features(model, params, content[None])
+        fc, _ = features_and_grams(model, params, content[None])
         return {k: fc[k] for k in loss.content_layers}
 
     @jax.jit
     def style_targets(params, style):
-        fs = features(model, params, style[None])
-        return {k: style_statistics(fs[k], loss) for k in loss.style_layers}
+        fs, grams = features_and_grams(model, params, style[None])
+        h, w = style.shape[:2]
+        return {
+            k: losses.normalize_gram(grams[k], _positions(model.arch, k, h, w), loss.gram_norm)
+            if k in grams
+            else style_statistics(fs[k], loss)
+            for k in loss.style_layers
+        }
 
     mixed = None
     for b, s in zip(blend, styles, strict=True):
@@ -233,7 +303,11 @@ def make_loss_fn(model: VGG, loss: LossSpec) -> Callable[..., tuple[jnp.ndarray,
     style_layers = list(loss.style_layers)
 
     def loss_fn(image, params, targets, weights):
-        feats = features(model, params, image[None])
+        grams: dict[str, jnp.ndarray] = {}
+        if "guide" in targets:  # guided Grams need whole activations
+            feats = features(model, params, image[None])
+        else:
+            feats, grams = features_and_grams(model, params, image[None])
         c = {
             k: losses.content_loss(feats[k], targets["content"][k], loss.content_norm)
             for k in content_layers
@@ -254,8 +328,13 @@ def make_loss_fn(model: VGG, loss: LossSpec) -> Callable[..., tuple[jnp.ndarray,
                 for k in style_layers
             }
         else:
+            h, w = image.shape[-3:-1]
             s = {
-                k: losses.style_layer_loss(feats[k], targets["style"][k], loss.gram_norm)
+                k: losses.gram_style_loss(
+                    grams[k], _positions(model.arch, k, h, w), targets["style"][k], loss.gram_norm
+                )
+                if k in grams
+                else losses.style_layer_loss(feats[k], targets["style"][k], loss.gram_norm)
                 for k in style_layers
             }
         content = sum((weights["content"][k] * v for k, v in c.items()), jnp.float32(0))
@@ -268,6 +347,11 @@ def make_loss_fn(model: VGG, loss: LossSpec) -> Callable[..., tuple[jnp.ndarray,
         return total, metrics
 
     return loss_fn
+
+
+def _positions(arch: str, layer: str, h: int, w: int) -> int:
+    lh, lw = layer_size(arch, layer, h, w)
+    return lh * lw
 
 
 def make_update_fn(

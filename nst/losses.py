@@ -33,13 +33,20 @@ def gram(features: jnp.ndarray, norm: str = "mean") -> jnp.ndarray:
     """
     *_, h, w, c = features.shape
     f = features.reshape(*features.shape[:-3], h * w, c)
-    g = jnp.einsum("...ki,...kj->...ij", f, f)
+    return normalize_gram(jnp.einsum("...ki,...kj->...ij", f, f), h * w, norm)
+
+
+def normalize_gram(raw_gram: jnp.ndarray, positions: int, norm: str = "mean") -> jnp.ndarray:
+    """The Gram :func:`gram` returns, from the unnormalized Σ_k F_ik F_jk ``(..., C, C)`` over
+    ``positions`` = H·W feature positions (what a Gram summed over image strips gives)."""
+    c = raw_gram.shape[-1]
+    positions = float(positions)  # C·H·W can exceed int32 for large images
     if norm == "paper":
-        return g
+        return raw_gram
     if norm in ("mean", "relative"):
-        return g / (c * h * w)
+        return raw_gram / (c * positions)
     if norm == "authors":
-        return g / (h * w)
+        return raw_gram / positions
     raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
 
 
@@ -68,9 +75,18 @@ def style_layer_loss(
     ``relative``: the ``mean`` loss divided by mean(A²).
     """
     *_, h, w, c = features.shape
-    d2 = jnp.square(gram(features, norm) - target_gram)
+    return gram_style_loss(gram(features, "paper"), h * w, target_gram, norm)
+
+
+def gram_style_loss(
+    raw_gram: jnp.ndarray, positions: int, target_gram: jnp.ndarray, norm: str = "mean"
+) -> jnp.ndarray:
+    """:func:`style_layer_loss` from the unnormalized Gram ``(..., C, C)`` = Σ_k F_ik F_jk of
+    ``positions`` = H·W feature positions (see :func:`normalize_gram`)."""
+    c = raw_gram.shape[-1]
+    d2 = jnp.square(normalize_gram(raw_gram, positions, norm) - target_gram)
     if norm == "paper":
-        return jnp.sum(d2) / (4.0 * c**2 * (h * w) ** 2)
+        return jnp.sum(d2) / (4.0 * c**2 * float(positions) ** 2)
     if norm == "relative":
         return jnp.mean(d2) / (jnp.mean(jnp.square(target_gram)) + 1e-30)
     return jnp.mean(d2)

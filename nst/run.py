@@ -27,7 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import nst
 from nst import images, vgg
-from nst.engine import BackboneSpec, Diverged, Interrupted, LossSpec, stylize
+from nst.engine import BackboneSpec, Diverged, Interrupted, LossSpec, strip_blocks, stylize
 from nst.errors import ConfigError, DivergedError, ImageError, NstError, RunInterrupted
 from nst.files import atomic_write_bytes, atomic_write_json
 from nst.optim import OptimizerSpec
@@ -130,9 +130,16 @@ def specs_from_config(cfg: DictConfig) -> tuple[BackboneSpec, LossSpec, Optimize
         pooling=_name(cfg.backbone.pooling),
         dtype=cfg.backbone.dtype,
         remat=bool(cfg.backbone.get("remat", False)),
+        strip_rows=_strip_rows(cfg.backbone.get("strip_rows", 128)),
         conv=_conv_choice(cfg.backbone.get("conv", "auto")),
     )
     return backbone, loss, opt
+
+
+def _strip_rows(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"backbone.strip_rows must be an integer >= 0, got {value!r}")
+    return value
 
 
 def _conv_choice(value: Any) -> str:
@@ -193,24 +200,44 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def estimate_memory(arch: str, layers: list[str], hw: tuple[int, int]) -> int:
+def estimate_memory(
+    arch: str, layers: list[str], hw: tuple[int, int], strip_blocks: int = 0, strip_rows: int = 0
+) -> int:
     """Rough peak bytes of one float32 step on an ``hw`` image: 2.25 float32 buffers per
     activation up to the deepest layer (XLA:CPU's compiled memory analysis of the VGG16 step
     measured 1.76-1.82 at 384x512 and 768x1024; 25% margin), the image-sized buffers (pixels,
-    gradient, optimizer moments) and ~1 GiB for the process, weights and targets."""
-    acts = vgg.activation_count(arch, vgg.deepest_layer(arch, layers), *hw)
-    return int(4 * (2.25 * acts + 8 * hw[0] * hw[1] * 3)) + 2**30
+    gradient, optimizer moments) and ~1 GiB for the process, weights and targets. With the first
+    ``strip_blocks`` blocks run in strips (remat), their activations count for one strip only."""
+    h, w = hw
+    acts = vgg.activation_count(arch, vgg.deepest_layer(arch, layers), h, w)
+    if strip_blocks:
+        t, _, halo = vgg.strip_layout(arch, strip_blocks, h, strip_rows)
+        strip_h = min(h, t * 2**strip_blocks) + 2 * halo
+        last = f"pool{strip_blocks}"
+        acts += vgg.activation_count(arch, last, strip_h, w) - vgg.activation_count(
+            arch, last, h, w
+        )
+    return int(4 * (2.25 * acts + 8 * h * w * 3)) + 2**30
 
 
-def check_memory(arch: str, layers: list[str], original_hw: tuple[int, int], size: int) -> None:
+def check_memory(
+    arch: str,
+    layers: list[str],
+    original_hw: tuple[int, int],
+    size: int,
+    strip_blocks: int = 0,
+    strip_rows: int = 0,
+) -> None:
     """Refuse sizes whose estimated memory exceeds what the machine has available."""
     scale = size / max(original_hw)
     hw = (max(1, round(original_hw[0] * scale)), max(1, round(original_hw[1] * scale)))
-    need, have = estimate_memory(arch, layers, hw), available_memory()
+    need = estimate_memory(arch, layers, hw, strip_blocks, strip_rows)
+    have = available_memory()
     if need > 0.9 * have:
+        hint = "" if strip_blocks else " or backbone.remat=true (~4x the pixels in the same memory)"
         raise ConfigError(
             f"size={size} ({hw[1]}x{hw[0]} px) needs an estimated {need / 2**30:.1f} GiB, more than "
-            f"the {have / 2**30:.1f} GiB available; use a smaller size"
+            f"the {have / 2**30:.1f} GiB available; use a smaller size{hint}"
         )
 
 
@@ -687,7 +714,10 @@ def _prepare(cfg: DictConfig, backbone: BackboneSpec, loss: LossSpec, size: int)
     specs, _ = style_specs(cfg)
     content_raw = images.load_image(cfg.content, max_pixels)
     styles_raw = [images.load_image(s, max_pixels) for s in specs]
-    check_memory(backbone.arch, loss.layers, content_raw.shape[:2], size)
+    strips = strip_blocks(backbone, loss)
+    check_memory(
+        backbone.arch, loss.layers, content_raw.shape[:2], size, strips, backbone.strip_rows
+    )
     sizes = pyramid_sizes(size, int(cfg.pyramid.levels), float(cfg.pyramid.scale_factor))
     level_steps(cfg, len(sizes))  # fail early on a bad list
     # Every level's inputs once (resizing, colour mode, masks), checked before any work.

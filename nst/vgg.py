@@ -9,7 +9,7 @@ mean/std) is part of the forward pass, so callers always hand it RGB pixels in 0
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -127,6 +127,10 @@ class VGG(nn.Module):
     # Per conv layer (name, forward impl, input-gradient impl), honoured by nst.engine.features
     # through apply_vgg with prepare_params'd params (see conv_plan); () = XLA's convolution.
     conv_plan: tuple[tuple[str, str, str], ...] = ()
+    # With remat, the first strip_blocks blocks run over strips of ~strip_rows rows
+    # (apply_vgg_striped, through nst.engine.features_and_grams); 0 = whole image.
+    strip_blocks: int = 0
+    strip_rows: int = 0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> dict[str, jnp.ndarray]:
@@ -197,10 +201,11 @@ def flip_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
 
 
 def prepare_params(params: dict, plan: Sequence[tuple[str, str, str]]) -> dict:
-    """Add, once per run, what each convolution of ``plan`` needs besides kernel and bias:
-    ``fwd`` (Winograd-transformed kernel) and ``bwd`` (the input-gradient kernel, flipped, or
-    its Winograd transform). Inside the step XLA would otherwise redo these transposes on every
-    call (~10% of a 256 px step on the CPU), as the weights are arguments, not constants."""
+    """Add, once per run, what each convolution of ``plan`` needs besides the bias: ``fwd``
+    (the Winograd-transformed kernel, which replaces ``kernel``) and ``bwd`` (the input-gradient
+    kernel, flipped, or its Winograd transform). Inside the step XLA would otherwise redo these
+    transposes on every call (~10% of a 256 px step on the CPU), as the weights are arguments,
+    not constants."""
     return _prepare_jit()(params, tuple(tuple(p) for p in plan))
 
 
@@ -216,10 +221,11 @@ def _prepare_jit():
             if name not in out:
                 continue
             k = jnp.asarray(out[name]["kernel"])
-            if fwd == "winograd":
-                out[name]["fwd"] = winograd.transform_kernel(k)
             kt = flip_kernel(k)
             out[name]["bwd"] = winograd.transform_kernel(kt) if bwd == "winograd" else kt
+            if fwd == "winograd":  # the step never reads the kernel itself: don't carry it
+                out[name]["fwd"] = winograd.transform_kernel(k)
+                del out[name]["kernel"]
         return out
 
     # One program for all layers (eager ops would compile one small program per layer shape).
@@ -323,7 +329,6 @@ def apply_vgg(
     ``outputs`` limits the returned layers (None: all); with remat only those and the block
     outputs are kept, which is what saves the memory. With ``conv_plan`` (and params from
     :func:`prepare_params` with the same plan) each convolution runs as the plan says."""
-    import jax
 
     if pooling not in ("max", "avg"):
         raise ValueError(f"unknown pooling {pooling!r}; valid: max, avg")
@@ -332,35 +337,188 @@ def apply_vgg(
     stop = names.index(last)
     x = preprocess(x, preprocessing).astype(dtype)
 
-    keep = set(names if outputs is None else outputs)
-    impls = {name: (f, b) for name, f, b in conv_plan}
+    keep = frozenset(names if outputs is None else outputs)
+    block = functools.partial(_block, dtype=dtype, pooling=pooling, plan=_plan_dict(conv_plan))
+    return _later_blocks(params, x, 1, names[: stop + 1], keep, block, remat)
 
-    def block(p: dict, x: jnp.ndarray, layers: list[str]) -> dict[str, jnp.ndarray]:
-        out = {}
-        for name in layers:
-            if name.startswith("conv") and name in impls:
-                x = conv3x3(x, p[name], impls[name]) + jnp.asarray(p[name]["bias"], dtype)
-            elif name.startswith("conv"):
-                k = jnp.asarray(p[name]["kernel"], dtype)
-                x = conv_impl("xla", x, k) + jnp.asarray(p[name]["bias"], dtype)
-            elif name.startswith("relu"):
-                x = jnp.maximum(x, 0)
-            elif pooling == "max":
-                x = max_pool2(x)
-            else:
-                x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-                x = x / 4
-            if name in keep or name == layers[-1]:
-                out[name] = x
-        return out
+
+def _later_blocks(
+    params: dict,
+    x: jnp.ndarray,
+    first: int,
+    layers: Sequence[str],
+    keep: frozenset[str],
+    block: Callable[..., dict[str, jnp.ndarray]],
+    remat: bool,
+) -> dict[str, jnp.ndarray]:
+    """Blocks ``first``.. of ``layers`` one after the other, each checkpointed when ``remat``."""
+    import jax
 
     feats: dict[str, jnp.ndarray] = {}
-    for b in range(1, len(BLOCKS[arch]) + 1):
-        layers = [n for n in names[: stop + 1] if n[4] == str(b)]
-        if not layers:
+    fn = jax.checkpoint(block, static_argnums=(2, 3)) if remat else block
+    for b in range(first, 10):
+        in_block = tuple(n for n in layers if int(n[4]) == b)
+        if not in_block:
             break
-        fn = jax.checkpoint(block, static_argnums=(2,)) if remat else block
-        out = fn({n: params[n] for n in layers if n.startswith("conv")}, x, tuple(layers))
-        x = out[layers[-1]]
+        out = fn({n: params[n] for n in in_block if n.startswith("conv")}, x, in_block, keep)
+        x = out[in_block[-1]]
         feats.update({k: v for k, v in out.items() if k in keep})
     return feats
+
+
+def _plan_dict(conv_plan: Sequence[tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
+    return {name: (f, b) for name, f, b in conv_plan}
+
+
+def _block(
+    p: dict,
+    x: jnp.ndarray,
+    layers: tuple[str, ...],
+    keep: frozenset[str] | set[str],
+    *,
+    dtype: jnp.dtype,
+    pooling: str,
+    plan: dict[str, tuple[str, str]],
+    row_mask: Callable[[jnp.ndarray, int], jnp.ndarray] | None = None,
+) -> dict[str, jnp.ndarray]:
+    """Run ``layers`` (consecutive, one block or more) on ``x``; returns the activations named in
+    ``keep`` and the last one. ``row_mask(x, level)``, if given, zeroes the rows of a strip that
+    lie outside the image before each convolution (see :func:`apply_vgg_striped`)."""
+    import jax
+
+    out = {}
+    level = 0
+    for name in layers:
+        if name.startswith("conv"):
+            if row_mask is not None:
+                x = row_mask(x, level)
+            if name in plan:
+                x = conv3x3(x, p[name], plan[name])
+            else:
+                x = conv_impl("xla", x, jnp.asarray(p[name]["kernel"], dtype))
+            x = x + jnp.asarray(p[name]["bias"], dtype)
+        elif name.startswith("relu"):
+            x = jnp.maximum(x, 0)
+        elif pooling == "max":
+            x = max_pool2(x)
+            level += 1
+        else:
+            x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+            x = x / 4
+            level += 1
+        if name in keep or name == layers[-1]:
+            out[name] = x
+    return out
+
+
+def layer_size(arch: str, layer: str, height: int, width: int) -> tuple[int, int]:
+    """Height and width of ``layer``'s activation for an input of ``height`` x ``width``: each
+    2x2 VALID pooling up to and including it floors both in half."""
+    names = layer_names(arch)
+    for name in names[: names.index(layer) + 1]:
+        if name.startswith("pool"):
+            height, width = height // 2, width // 2
+    return height, width
+
+
+def strip_layout(arch: str, blocks: int, height: int, rows: int) -> tuple[int, int, int]:
+    """How :func:`apply_vgg_striped` cuts an image of ``height`` rows for its first ``blocks``
+    blocks: ``(t, n, halo)`` = output rows per strip after the blocks' ``blocks`` poolings,
+    number of strips, and the extra input rows each strip reads on either side.
+
+    Each 3x3 convolution at pooling level l widens the rows a strip depends on by 2**l input
+    rows per side; the halo is that sum, rounded up to a multiple of 2**blocks so that every
+    strip starts on a pooling boundary. ``n`` strips of ``t * 2**blocks`` input rows (at most
+    about ``rows``, evened out) cover ceil(height / 2**blocks) output rows, hence every input row."""
+    f = 2**blocks
+    need = sum(n * 2**level for level, n in enumerate(BLOCKS[arch][:blocks]))
+    halo = -(-need // f) * f
+    out_rows = -(-height // f)
+    n = -(-out_rows // max(1, rows // f))
+    t = -(-out_rows // n)  # balanced: the last strip is not mostly padding
+    return t, n, halo
+
+
+def apply_vgg_striped(
+    params: dict,
+    x: jnp.ndarray,
+    *,
+    strip_blocks: int,
+    strip_rows: int,
+    gram_layers: Sequence[str],
+    arch: str = "vgg16",
+    pooling: str = "max",
+    preprocessing: str = "caffe",
+    last_layer: str | None = None,
+    dtype: jnp.dtype = jnp.float32,
+    remat: bool = False,
+    outputs: Sequence[str] | None = None,
+    conv_plan: Sequence[tuple[str, str, str]] = (),
+) -> tuple[dict[str, jnp.ndarray], dict[str, jnp.ndarray]]:
+    """:func:`apply_vgg` whose first ``strip_blocks`` blocks run over horizontal strips of about
+    ``strip_rows`` rows, one at a time (``lax.map`` of a ``jax.checkpoint``ed strip): the
+    backward pass recomputes one strip at a time, so no full-resolution 64-channel activation
+    is ever held, which is what bounds the memory of a large image (block 1's activations are
+    2x block 2's, 4x block 3's). Layers of those blocks cannot be returned whole; instead, for each of
+    ``gram_layers`` in them, the unnormalized Gram ``(N, C, C)`` = Σ over positions F·Fᵀ comes
+    back in the second dict (a sum over rows, so strips add up). Later blocks run as in
+    :func:`apply_vgg`; the first dict holds their activations named in ``outputs``.
+
+    A strip reads ``halo`` rows beyond its own on both sides (:func:`strip_layout`) and is
+    convolved with SAME padding; the rows wrongly padded at a strip's edge never reach its own
+    rows. Rows outside the image are zeroed before each convolution, which is SAME padding of
+    the whole image. Equals :func:`apply_vgg` up to float rounding (tests/test_strips.py)."""
+    import jax
+
+    if pooling not in ("max", "avg"):
+        raise ValueError(f"unknown pooling {pooling!r}; valid: max, avg")
+    names = layer_names(arch)
+    stop = names.index(last_layer or names[-1])
+    striped = [n for n in names[: stop + 1] if int(n[4]) <= strip_blocks]
+    if not striped or striped[-1] != f"pool{strip_blocks}":
+        raise ValueError(
+            f"strip_blocks={strip_blocks} needs the network to reach pool{strip_blocks}"
+        )
+    keep = frozenset(names if outputs is None else outputs)
+    bad = sorted(keep.intersection(striped) - set(gram_layers))
+    if bad:
+        raise ValueError(f"layer(s) {', '.join(bad)} of striped blocks can only give Grams")
+    x = preprocess(x, preprocessing).astype(dtype)
+    n_img, h, w, _ = x.shape
+    t, n, halo = strip_layout(arch, strip_blocks, h, strip_rows)
+    f = 2**strip_blocks
+    span = t * f
+    xp = jnp.pad(x, ((0, 0), (halo, n * span + halo - h), (0, 0), (0, 0)))
+    strips = jnp.stack([xp[:, i * span : i * span + span + 2 * halo] for i in range(n)])
+    heights = [h]
+    for _ in range(strip_blocks):
+        heights.append(heights[-1] // 2)
+    grams_wanted = tuple(g for g in gram_layers if g in striped)
+    block = functools.partial(_block, dtype=dtype, pooling=pooling, plan=_plan_dict(conv_plan))
+
+    def one_strip(p: dict, xs: jnp.ndarray, i: jnp.ndarray):
+        start = i * span - halo  # global input row of the strip's first row
+
+        def row_mask(a: jnp.ndarray, level: int) -> jnp.ndarray:
+            rows = start // 2**level + jnp.arange(a.shape[1])
+            ok = (rows >= 0) & (rows < heights[level])
+            return jnp.where(ok[None, :, None, None], a, jnp.zeros((), a.dtype))
+
+        out = block(p, xs, tuple(striped), frozenset(grams_wanted), row_mask=row_mask)
+        grams = {}
+        for g in grams_wanted:
+            level = sum(1 for s in striped[: striped.index(g) + 1] if s.startswith("pool"))
+            own = row_mask(out[g], level)[:, halo // 2**level : (halo + span) // 2**level]
+            own = own.reshape(n_img, -1, own.shape[-1])
+            grams[g] = jnp.einsum("nki,nkj->nij", own, own)
+        last = out[striped[-1]][:, halo // f : halo // f + t]
+        return last, grams
+
+    body = jax.checkpoint(one_strip)
+    p_striped = {k: params[k] for k in striped if k.startswith("conv")}
+    ys, grams = jax.lax.map(lambda a: body(p_striped, a[0], a[1]), (strips, jnp.arange(n)))
+    # (n, N, t, W', C) -> (N, n*t, W', C), cut to the pooled height of the whole image
+    y = ys.transpose(1, 0, 2, 3, 4).reshape(n_img, n * t, *ys.shape[3:])[:, : heights[-1]]
+    grams = {k: v.sum(0) for k, v in grams.items()}
+
+    return _later_blocks(params, y, strip_blocks + 1, names[: stop + 1], keep, block, remat), grams

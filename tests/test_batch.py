@@ -81,6 +81,23 @@ def test_batched_results_equal_sequential_runs(problem):
     assert abs(out[0].final_metrics["total"] - out[1].final_metrics["total"]) > 1.0
 
 
+def test_batched_strips_equal_sequential_whole_image(problem):
+    """remat's striped blocks under the grid's vmap give the plain sequential results."""
+    from nst.engine import make_model
+
+    strips = BackboneSpec(remat=True, strip_rows=8)
+    assert make_model(strips, LossSpec(**LAYERS)).strip_blocks == 1  # block 1 in 3 strips
+    specs = [(1e2, 0), (1e4, 1)]
+    seq = [stylize(**_request(problem, b, i, Rows())) for b, i in specs]
+    reqs = [_request(problem, b, i, Rows()) for b, i in specs]
+    for r in reqs:
+        r["backbone"] = strips
+    out = batch.stylize_batch(reqs)
+    for s, b in zip(seq, out, strict=True):
+        np.testing.assert_allclose(b.image, s.image, atol=1e-2)
+        np.testing.assert_allclose(b.final_metrics["total"], s.final_metrics["total"], rtol=1e-4)
+
+
 def test_a_diverging_job_does_not_stop_the_others(problem):
     writers = [Rows(), Rows()]
     reqs = [_request(problem, 1e3, 0, writers[0]), _request(problem, 1e38, 1, writers[1])]

@@ -152,3 +152,13 @@ def test_conv_choice_reaches_spec_and_bad_values_fail():
     assert specs_from_config(_compose(["backbone.conv=xla"]))[0].conv == "xla"
     with pytest.raises(ConfigError, match="backbone.conv must be one of auto, xla, winograd"):
         specs_from_config(_compose(["backbone.conv=fft"]))
+
+
+def test_remat_and_strip_rows_reach_spec_and_bad_values_fail():
+    from nst.errors import ConfigError
+
+    backbone = specs_from_config(_compose(["backbone.remat=true", "backbone.strip_rows=64"]))[0]
+    assert backbone.remat and backbone.strip_rows == 64
+    assert specs_from_config(_compose())[0].strip_rows == 128
+    with pytest.raises(ConfigError, match="strip_rows must be an integer >= 0"):
+        specs_from_config(_compose(["backbone.strip_rows=-8"]))
