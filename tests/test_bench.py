@@ -56,3 +56,14 @@ def test_bench_command_writes_json_lines_and_table(tmp_path):
     if torch == 0:
         t = [x for x in rows if x["impl"] == "torch"][0]
         assert r["jax_over_torch"] == pytest.approx(r["step_s_median"] / t["step_s_median"])
+
+
+@pytest.mark.slow
+def test_max_size_grows_with_remat():
+    """`nst-bench --max-size`: with a budget where the plain step tops out at a few hundred px,
+    remat's strips fit a strictly larger image (XLA's memory analysis of the compiled step)."""
+    budget = int(0.75 * 2**30)
+    plain = bench.max_size("vgg16", budget, remat=False, lo=128, hi=1024)
+    remat = bench.max_size("vgg16", budget, remat=True, lo=128, hi=1024)
+    assert 128 < plain < remat <= 1024
+    assert plain % 64 == 0 and remat % 64 == 0
