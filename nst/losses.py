@@ -20,6 +20,7 @@ the paper's absolute numbers are tied to its *normalized* VGG19 and to summed lo
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 NORMS = ("paper", "mean", "authors", "relative")
@@ -33,7 +34,28 @@ def gram(features: jnp.ndarray, norm: str = "mean") -> jnp.ndarray:
     """
     *_, h, w, c = features.shape
     f = features.reshape(*features.shape[:-3], h * w, c)
-    return normalize_gram(jnp.einsum("...ki,...kj->...ij", f, f), h * w, norm)
+    return normalize_gram(raw_gram(f), h * w, norm)
+
+
+@jax.custom_vjp
+def raw_gram(f: jnp.ndarray) -> jnp.ndarray:
+    """Unnormalized Gram Σ_k F_ki F_kj of ``(..., K, C)`` features (K positions) -> ``(..., C, C)``.
+
+    Its gradient is one product F·(g + gᵀ), ``(K, C)`` like F. Autodiff of the einsum gives two
+    products, each laid out ``(C, K)``, then a transpose to add them to the NHWC gradient: on
+    XLA:CPU that was ~10% of a 256 px step (relu1_1's Gram backward alone 20 ms of 280)."""
+    return jnp.einsum("...ki,...kj->...ij", f, f)
+
+
+def _raw_gram_fwd(f: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    return raw_gram(f), f
+
+
+def _raw_gram_bwd(f: jnp.ndarray, g: jnp.ndarray) -> tuple[jnp.ndarray]:
+    return (jnp.einsum("...ki,...ij->...kj", f, g + jnp.swapaxes(g, -1, -2)),)
+
+
+raw_gram.defvjp(_raw_gram_fwd, _raw_gram_bwd)
 
 
 def normalize_gram(raw_gram: jnp.ndarray, positions: int, norm: str = "mean") -> jnp.ndarray:

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from nst import losses
+
 # Convolutions per block: Simonyan & Zisserman 2015, Table 1 (configurations D and E).
 BLOCKS: dict[str, tuple[int, ...]] = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 512)
@@ -510,7 +512,7 @@ def apply_vgg_striped(
             level = sum(1 for s in striped[: striped.index(g) + 1] if s.startswith("pool"))
             own = row_mask(out[g], level)[:, halo // 2**level : (halo + span) // 2**level]
             own = own.reshape(n_img, -1, own.shape[-1])
-            grams[g] = jnp.einsum("nki,nkj->nij", own, own)
+            grams[g] = losses.raw_gram(own)
         last = out[striped[-1]][:, halo // f : halo // f + t]
         return last, grams
 

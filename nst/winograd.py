@@ -66,7 +66,8 @@ def _combine(coefs: Sequence[float], xs: Sequence[jnp.ndarray]) -> jnp.ndarray:
     for c, x in zip(coefs, xs, strict=True):
         if c == 0:
             continue
-        t = x if c == 1 else -x if c == -1 else x * np.float32(c)
+        # A Python float is weakly typed: x keeps its dtype (a NumPy scalar would promote bf16).
+        t = x if c == 1 else -x if c == -1 else x * float(c)
         out = t if out is None else out + t
     assert out is not None
     return out

@@ -241,3 +241,26 @@ def test_early_stop_on_plateau(vgg16_params, pair):
         early_stop_patience=2,
     )
     assert moving.steps == 8
+
+
+@pytest.mark.parametrize("conv", ["xla", "winograd"])
+def test_bfloat16_backbone_step_runs_close_to_float32(vgg16_params, pair, conv):
+    """backbone.dtype=bfloat16: the network runs in bf16 (Winograd transforms included, whose
+    constants must not promote it back to f32), the pixels and Adam state stay f32, and the loss
+    is close to the f32 network's."""
+    totals = {}
+    for dtype in ("float32", "bfloat16"):
+        model = make_model(BackboneSpec(dtype=dtype, conv=conv), SMALL)
+        content, style = pair
+        p = trim_params(model, vgg16_params)
+        targets = compute_targets(model, p, content, style, SMALL)
+        tx = make_optimizer(OptimizerSpec())
+        img = jnp.asarray(smooth_image(24, 32, 3))
+        state = State(img, tx.init(img), jnp.zeros((), jnp.int32))
+        update = jax.jit(make_update_fn(make_loss_fn(model, SMALL), tx))
+        new, m = update(state, p, targets, SMALL.weights())
+        assert new.image.dtype == jnp.float32
+        assert bool(jnp.all(jnp.isfinite(new.image)))
+        assert not np.array_equal(np.asarray(new.image), np.asarray(img))
+        totals[dtype] = float(m["total"][0])
+    assert totals["bfloat16"] == pytest.approx(totals["float32"], rel=5e-2)
