@@ -29,11 +29,13 @@ from nst.engine import (
     RunResult,
     State,
     call_boundaries,
+    compile_calls,
     compute_targets,
     default_steps_per_call,
     make_loss_fn,
     make_model,
     make_update_fn,
+    metric_order,
     save_checkpoint,
     stylize,
     trim_params,
@@ -268,18 +270,13 @@ def stylize_batch(
 
     t0 = time.perf_counter()
     ends = call_boundaries(steps, k, save_every, ckpt_every)
-    lengths = sorted({e - s for s, e in zip([0, *ends[:-1]], ends, strict=True)})
-    compiled = {
-        n: jax.jit(
-            make_batched_update_fn(
-                loss_fn, tx, needs_value_fn=optimizer.needs_value_fn, steps_per_call=n
-            ),
-            donate_argnums=0,
-        )
-        .lower(state, params, targets, weights)
-        .compile()
-        for n in lengths
-    }
+    compiled = compile_calls(
+        lambda n: make_batched_update_fn(
+            loss_fn, tx, needs_value_fn=optimizer.needs_value_fn, steps_per_call=n
+        ),
+        (state, params, targets, weights),
+        ends,
+    )
     evaluate = (
         jax.jit(jax.vmap(loss_fn, in_axes=(0, None, None, 0)))
         .lower(state.image, params, targets, weights)
@@ -287,9 +284,7 @@ def stylize_batch(
     )
     compile_s = time.perf_counter() - t0
 
-    order = ["total", "content", "style", "tv"]
-    order += [f"content/{n}" for n in loss.content_layers]
-    order += [f"style/{n}" for n in loss.style_layers]
+    order = metric_order(loss)
     out: list[Any] = [None] * b
     initial: list[dict[str, float]] = [{} for _ in range(b)]
     step_times: list[float] = []

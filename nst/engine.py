@@ -146,18 +146,21 @@ def features(model: VGG, params: Params, x: jnp.ndarray) -> dict[str, jnp.ndarra
     :func:`trim_params`) and per-block rematerialized when ``model.remat``."""
     if not model.remat and not model.conv_plan:
         return model.apply({"params": params}, x)
-    return apply_vgg(
-        params,
-        x,
-        arch=model.arch,
-        pooling=model.pooling,
-        preprocessing=model.preprocessing,
-        last_layer=model.last_layer,
-        dtype=model.dtype,
-        remat=model.remat,
-        outputs=model.outputs,
-        conv_plan=model.conv_plan,
-    )
+    return apply_vgg(params, x, **_network_kwargs(model))
+
+
+def _network_kwargs(model: VGG) -> dict[str, Any]:
+    """The module's fields as the keyword arguments of :func:`nst.vgg.apply_vgg`."""
+    return {
+        "arch": model.arch,
+        "pooling": model.pooling,
+        "preprocessing": model.preprocessing,
+        "last_layer": model.last_layer,
+        "dtype": model.dtype,
+        "remat": model.remat,
+        "outputs": model.outputs,
+        "conv_plan": model.conv_plan,
+    }
 
 
 def features_and_grams(
@@ -174,14 +177,7 @@ def features_and_grams(
         strip_blocks=model.strip_blocks,
         strip_rows=model.strip_rows,
         gram_layers=model.outputs or (),
-        arch=model.arch,
-        pooling=model.pooling,
-        preprocessing=model.preprocessing,
-        last_layer=model.last_layer,
-        dtype=model.dtype,
-        remat=model.remat,
-        outputs=model.outputs,
-        conv_plan=model.conv_plan,
+        **_network_kwargs(model),
     )
 
 
@@ -425,6 +421,27 @@ def call_boundaries(
     return sorted(e for e in ends if 0 < e <= steps)
 
 
+def compile_calls(
+    make_update: Callable[[int], Callable[..., Any]],
+    args: tuple[Any, ...],
+    ends: Sequence[int],
+    start: int = 0,
+) -> dict[int, Any]:
+    """Ahead-of-time executables of ``make_update(n)`` (state donated) for every distinct call
+    length n between ``start`` and the call ``ends`` (:func:`call_boundaries`), keyed by n, so
+    compile time is reported apart from step time."""
+    lengths = sorted({b - a for a, b in zip([start, *ends[:-1]], ends, strict=True)})
+    return {n: jax.jit(make_update(n), donate_argnums=0).lower(*args).compile() for n in lengths}
+
+
+def metric_order(loss: LossSpec) -> list[str]:
+    """The metric names in the loss function's order (total, content, style, tv, then per
+    layer); pytrees sort dict keys, logs should not."""
+    order = ["total", "content", "style", "tv"]
+    order += [f"content/{k}" for k in loss.content_layers]
+    return order + [f"style/{k}" for k in loss.style_layers]
+
+
 def save_checkpoint(path: str | Path, state: State) -> Path:
     """The whole state (pixels, optimizer state leaves, step) as one .npz, written atomically."""
     leaves = jax.tree.leaves(jax.device_get(state))
@@ -551,24 +568,18 @@ def stylize(
     t0 = time.perf_counter()
     ends = call_boundaries(steps, k, save_every, checkpoint_every)
     ends = [e for e in ends if e > start]
-    lengths = sorted({b - a for a, b in zip([start, *ends[:-1]], ends, strict=True)})
-    compiled = {
-        n: jax.jit(
-            make_update_fn(loss_fn, tx, needs_value_fn=optimizer.needs_value_fn, steps_per_call=n),
-            donate_argnums=0,
-        )
-        .lower(state, params, targets, weights)
-        .compile()
-        for n in lengths
-    }
+    compiled = compile_calls(
+        lambda n: make_update_fn(
+            loss_fn, tx, needs_value_fn=optimizer.needs_value_fn, steps_per_call=n
+        ),
+        (state, params, targets, weights),
+        ends,
+        start,
+    )
     evaluate = jax.jit(loss_fn).lower(image0, params, targets, weights).compile()
     compile_s = time.perf_counter() - t0
 
-    # Pytrees sort dict keys; log in the loss function's order (total, content, style, tv, ...).
-    order = ["total", "content", "style", "tv"]
-    order += [f"content/{k}" for k in loss.content_layers] + [
-        f"style/{k}" for k in loss.style_layers
-    ]
+    order = metric_order(loss)
     initial: dict[str, float] = {}
     step_times: list[float] = []
     last_log_t, last_log_step = time.perf_counter(), start
