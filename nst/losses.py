@@ -132,7 +132,7 @@ def feature_stats(features: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     f = features.reshape(*features.shape[:-3], h * w, c)
     mu = jnp.mean(f, axis=-2)
     d = f - mu[..., None, :]
-    return mu, jnp.einsum("...ki,...kj->...ij", d, d) / (h * w)
+    return mu, raw_gram(d) / (h * w)
 
 
 def mean_cov_loss(
@@ -159,7 +159,7 @@ def guided_gram(features: jnp.ndarray, guide: jnp.ndarray, norm: str = "mean") -
     place of the position count H·W."""
     *_, h, w, c = features.shape
     f = (features * guide[..., None]).reshape(*features.shape[:-3], h * w, c)
-    g = jnp.einsum("...ki,...kj->...ij", f, f)
+    g = raw_gram(f)
     mass = jnp.sum(jnp.square(guide)) + 1e-8
     if norm == "paper":
         return g
