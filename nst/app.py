@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from nst import hostmem
 from nst.config import register_configs
 from nst.errors import NstError, RunInterrupted
 
@@ -161,6 +162,7 @@ def enable_compile_cache() -> str | None:
 
 def main() -> None:
     """Console-script entry point (``nst``)."""
+    hostmem.tune_malloc()  # before JAX starts its threads (see nst.hostmem)
     problem = check_output_dirs(sys.argv[1:])
     if problem:
         print(f"nst: error: {problem}", file=sys.stderr)

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from nst import hostmem
+
 # Peak dense FLOP/s of accelerators we may be lent (vendor datasheets, dense, no sparsity), for MFU.
 PEAK_FLOPS = {
     ("h100", "bfloat16"): 989e12,  # NVIDIA H100 SXM5 datasheet
@@ -62,6 +64,8 @@ def conv_flops(arch: str, last_layer: str, h: int, w: int) -> int:
 
 
 def _reset_peak_rss() -> None:
+    # Free heap kept mapped for an earlier configuration (nst.hostmem) is not this one's.
+    hostmem.trim()
     # Writing 5 to clear_refs resets the process's peak RSS (VmHWM) on Linux.
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -495,6 +499,7 @@ def grid_bench(arch: str, size: int, jobs: int, steps: int, warmup: int) -> dict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    hostmem.tune_malloc()  # as `nst` does: time the step the way real runs execute it
     ap = argparse.ArgumentParser(prog="nst-bench", description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--sizes",
