@@ -40,7 +40,7 @@ def _faults_per_call(env_extra: dict[str, str]) -> tuple[bool, int]:
 
 @pytest.mark.skipif(hostmem._libc() is None, reason="glibc only")
 def test_tuned_allocator_stops_per_call_page_faults():
-    tuned, faults_tuned = _faults_per_call({})
+    tuned, faults_tuned = _faults_per_call({"NST_MALLOC_TUNE": "1"})
     untuned, faults_untuned = _faults_per_call({"NST_MALLOC_TUNE": "0"})
     assert tuned and not untuned
     # Untuned: the ~100 MiB of temporaries fault in page by page on every call (4 KiB pages).
@@ -49,6 +49,7 @@ def test_tuned_allocator_stops_per_call_page_faults():
 
 
 def test_user_allocator_settings_are_left_alone(monkeypatch):
+    monkeypatch.setenv("NST_MALLOC_TUNE", "1")
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert hostmem.tune_malloc() is False
     monkeypatch.delenv("MALLOC_ARENA_MAX")
