@@ -156,6 +156,7 @@ def test_batched_launcher_matches_the_basic_launcher(tmp_path):
     assert (batched / "contact_sheet.png").is_file() and (batched / "summary.csv").is_file()
 
 
+@pytest.mark.slow  # 23 s: pyramid jobs through the batched launcher; kept out of the default suite
 def test_batched_launcher_with_pyramid_jobs(tmp_path):
     """Jobs that optimize several times (pyramid levels) meet the others once, then go on alone."""
     sweep = tmp_path / "sweep"

@@ -345,7 +345,10 @@ def _wait_for_step(path: Path, step: int, proc: subprocess.Popen, timeout: float
     raise TimeoutError(step)
 
 
-@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+@pytest.mark.parametrize(
+    "how",
+    ["sigkill", pytest.param("sigterm", marks=pytest.mark.slow)],  # 16 s each
+)
 def test_killed_run_resumes_byte_identical(tmp_path, write_png, how):
     """Issue 5 acceptance 2: kill after the second checkpoint, resume, compare with a clean run."""
     import signal
