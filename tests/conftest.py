@@ -6,14 +6,15 @@ import os
 import tempfile
 from pathlib import Path
 
-# One persistent XLA compilation cache for the whole test session, fresh each session (so every
-# program is still compiled once), shared by in-process tests and the CLI subprocesses, which
-# inherit the environment: the many tests that run the same small configuration compile it once.
-# Set before JAX is imported (it reads these at import).
 # Test images are tiny: there the allocator tuning of nst/hostmem.py (one malloc arena) costs
 # more compile time than the page faults it saves, so the suite and its CLI subprocesses run
 # without it (tests/test_hostmem.py turns it on where it checks it).
 os.environ.setdefault("NST_MALLOC_TUNE", "0")
+
+# One persistent XLA compilation cache for the whole test session, fresh each session (so every
+# program is still compiled once), shared by in-process tests and the CLI subprocesses, which
+# inherit the environment: the many tests that run the same small configuration compile it once.
+# Set before JAX is imported (it reads these at import).
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="nst-test-xla-")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
