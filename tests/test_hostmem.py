@@ -9,7 +9,8 @@ import pytest
 
 from nst import hostmem
 
-# A jitted program whose temporaries (~100 MiB) come from a fresh allocation on every call.
+# A jitted program whose temporaries (~100 MiB) come from a fresh allocation on every call;
+# the probe prints the median number of minor page faults per call after warm-up.
 PROBE = """
 import resource, sys
 from nst import hostmem
@@ -19,10 +20,14 @@ x = jnp.ones((8, 1024, 1024), jnp.float32)
 f = jax.jit(lambda x: (jnp.sin(x) @ jnp.cos(x)).sum() + jnp.tanh(x @ x).sum())
 for _ in range(10):
     f(x).block_until_ready()
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+per_call = []
+for _ in range(15):
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready()
-print("faults", (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) // 10)
+    per_call.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+# The median: now and then the heap still grows by one buffer (fragmentation), which faults
+# that one call in; what the tuning removes is the fault-in on every call.
+print("faults", sorted(per_call)[len(per_call) // 2])
 """
 
 
