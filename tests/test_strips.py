@@ -106,10 +106,16 @@ def test_loss_and_gradient_with_strips_equal_whole_image(params):
     content = rng.uniform(0, 255, (h, w, 3)).astype(np.float32)
     style = rng.uniform(0, 255, (h, w, 3)).astype(np.float32)
     x = jnp.asarray(rng.uniform(0, 255, (h, w, 3)).astype(np.float32))
+    # XLA's convolution both ways: strips then give the whole image's activations bit for bit.
+    # With Winograd (conv=auto) they differ by float rounding, and a gradient is discontinuous
+    # where a 2x2 max-pool window has a near-tie: on one CPU (AVX2, no AVX-512) a pool3 window
+    # whose top two values were 4e-4 apart (of ~1000) picked the other pixel, which moved 4-11%
+    # of the max gradient over its receptive field. Striped Winograd activations and Grams are
+    # checked above, and the Winograd input gradient in test_winograd.py.
     out = {}
     for name, spec in [
-        ("whole", BackboneSpec()),
-        ("strips", BackboneSpec(remat=True, strip_rows=16)),
+        ("whole", BackboneSpec(conv="xla")),
+        ("strips", BackboneSpec(remat=True, strip_rows=16, conv="xla")),
     ]:
         model = make_model(spec, loss)
         p = engine.trim_params(model, params)
