@@ -20,11 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from nst.engine import (
-    Diverged,
-    Interrupted,
     Metrics,
     RunResult,
     State,
@@ -32,11 +29,11 @@ from nst.engine import (
     compile_calls,
     compute_targets,
     default_steps_per_call,
+    drive_calls,
     make_loss_fn,
     make_model,
     make_update_fn,
     metric_order,
-    save_checkpoint,
     stylize,
     trim_params,
 )
@@ -248,14 +245,10 @@ def stylize_batch(
     checkpoints its own slice, and gets its own :class:`RunResult` -- or its own
     :class:`~nst.engine.Diverged` / :class:`~nst.engine.Interrupted`, without stopping the others."""
     r0 = requests[0]
-    b = len(requests)
     backbone, loss, optimizer = r0["backbone"], r0["loss"], r0["optimizer"]
     steps = int(r0["steps"])
-    log_every = int(r0.get("log_every", 10))
     save_every = int(r0.get("save_every", 0))
     ckpt_every = int(r0.get("checkpoint_every", 0))
-    writers = [r.get("writer") or MetricWriter() for r in requests]
-    progress = any(r.get("progress", True) for r in requests)
 
     model = make_model(backbone, loss)
     params = trim_params(model, r0["params"])
@@ -284,86 +277,22 @@ def stylize_batch(
     )
     compile_s = time.perf_counter() - t0
 
-    order = metric_order(loss)
-    out: list[Any] = [None] * b
-    initial: list[dict[str, float]] = [{} for _ in range(b)]
-    step_times: list[float] = []
-    done = 0
-    last_t, last_step = time.perf_counter(), 0
-    t_start = time.perf_counter()
-
-    def job_state(st: State, j: int) -> State:
-        return jax.tree.map(lambda x: x[j], st)
-
-    with tqdm(total=steps, unit="step", desc=f"nst x{b}", disable=not progress) as bar:
-        for end in ends:
-            tc = time.perf_counter()
-            state, metrics = compiled[end - done](state, params, targets, weights)
-            finite = np.asarray(jax.device_get(metrics["finite"]))  # (B, k)
-            step_times.append((time.perf_counter() - tc) / (end - done))
-            host = None
-            for j in range(b):
-                if out[j] is None and not finite[j].all():
-                    host = host or jax.device_get(metrics)
-                    bad = done + int(np.argmin(finite[j]))
-                    last = {n: float(host[n][j][bad - done]) for n in order}
-                    writers[j].write_scalars(bad, {**last, "sec_per_step": step_times[-1]})
-                    image = np.asarray(jax.device_get(state.image[j]))
-                    out[j] = Diverged(bad, image, last)
-            log_steps = [s for s in range(done, end) if s % log_every == 0]
-            if log_steps:
-                host = host or jax.device_get(metrics)
-                now = time.perf_counter()
-                sps = (now - last_t) / max(end - last_step, 1)
-                for j in range(b):
-                    if out[j] is not None:
-                        continue
-                    for s in log_steps:
-                        row = {n: float(host[n][j][s - done]) for n in order}
-                        row["sec_per_step"] = sps
-                        writers[j].write_scalars(s, row)
-                        if s == 0:
-                            initial[j] = row
-                last_t, last_step = now, end
-            bar.update(end - done)
-            done = end
-            if save_every > 0 and done % save_every == 0 and done < steps:
-                images = np.asarray(jax.device_get(state.image))
-                for j in range(b):
-                    if out[j] is None:
-                        writers[j].write_images(done, {"step": images[j]})
-            stop = should_stop is not None and should_stop() and done < steps
-            if (ckpt_every > 0 and done % ckpt_every == 0 and done < steps) or stop:
-                for j, r in enumerate(requests):
-                    if out[j] is None and r.get("checkpoint_path") is not None:
-                        save_checkpoint(r["checkpoint_path"], job_state(state, j))
-            if stop:
-                images = np.asarray(jax.device_get(state.image))
-                for j in range(b):
-                    if out[j] is None:
-                        out[j] = Interrupted(done, images[j])
-                return out
-            if all(o is not None for o in out):
-                return out
-    optimize_s = time.perf_counter() - t_start
-
-    images = np.asarray(jax.device_get(state.image))
-    _, final = evaluate(state.image, params, targets, weights)
-    final = jax.device_get(final)
-    sec = float(np.median(step_times)) if step_times else 0.0
-    for j in range(b):
-        if out[j] is not None:
-            continue
-        f = {n: float(final[n][j]) for n in order}
-        f["sec_per_step"] = sec
-        writers[j].write_scalars(done, f)
-        out[j] = RunResult(
-            image=images[j],
-            final_metrics=f,
-            initial_metrics=initial[j] or f,
-            steps=done,
-            compile_s=compile_s,
-            optimize_s=optimize_s,
-            sec_per_step=sec,
-        )
-    return out
+    return drive_calls(
+        compiled,
+        evaluate,
+        state,
+        (params, targets, weights),
+        batched=True,
+        writers=[r.get("writer") or MetricWriter() for r in requests],
+        checkpoint_paths=[r.get("checkpoint_path") for r in requests],
+        order=metric_order(loss),
+        steps=steps,
+        ends=ends,
+        log_every=int(r0.get("log_every", 10)),
+        save_every=save_every,
+        checkpoint_every=ckpt_every,
+        should_stop=should_stop,
+        progress=any(r.get("progress", True) for r in requests),
+        desc=f"nst x{len(requests)}",
+        compile_s=compile_s,
+    )

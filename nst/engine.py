@@ -559,10 +559,6 @@ def stylize(
         state = restore_state(state, resume_state)
         start = int(resume_state["step"])
 
-    def save_ckpt(st: State) -> None:
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, st)
-
     # Compile ahead of time (one executable per distinct call length) so compile time is
     # reported apart from step time.
     t0 = time.perf_counter()
@@ -579,73 +575,159 @@ def stylize(
     evaluate = jax.jit(loss_fn).lower(image0, params, targets, weights).compile()
     compile_s = time.perf_counter() - t0
 
-    order = metric_order(loss)
-    initial: dict[str, float] = {}
+    (out,) = drive_calls(
+        compiled,
+        evaluate,
+        state,
+        (params, targets, weights),
+        batched=False,
+        writers=[writer],
+        checkpoint_paths=[checkpoint_path],
+        order=metric_order(loss),
+        steps=steps,
+        ends=ends,
+        start=start,
+        log_every=log_every,
+        save_every=save_every,
+        checkpoint_every=checkpoint_every,
+        should_stop=should_stop,
+        early_stop_patience=early_stop_patience,
+        early_stop_min_delta=early_stop_min_delta,
+        progress=progress,
+        desc="nst",
+        compile_s=compile_s,
+    )
+    if isinstance(out, Exception):
+        raise out
+    return out
+
+
+def drive_calls(
+    compiled: Mapping[int, Any],
+    evaluate: Any,
+    state: State,
+    args: tuple[Any, Any, Any],
+    *,
+    batched: bool,
+    writers: Sequence[MetricWriter],
+    checkpoint_paths: Sequence[str | Path | None],
+    order: Sequence[str],
+    steps: int,
+    ends: Sequence[int],
+    start: int = 0,
+    log_every: int = 10,
+    save_every: int = 0,
+    checkpoint_every: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+    early_stop_patience: int = 0,
+    early_stop_min_delta: float = 1e-3,
+    progress: bool = True,
+    desc: str = "nst",
+    compile_s: float = 0.0,
+) -> list[RunResult | Diverged | Interrupted]:
+    """The host side of one optimization, or of B jobs optimized as one batched program: runs
+    the ahead-of-time executables ``compiled[n]`` (n steps each, see :func:`compile_calls`) up to
+    each of ``ends``, and per job writes the log rows, snapshots and checkpoints, and detects
+    divergence, interruption and (single runs only) a plateau. ``batched`` states and metrics
+    carry a leading job axis of ``len(writers)``; ``evaluate(image, *args)`` gives the final
+    losses. Returns each job's :class:`RunResult`, or its :class:`Diverged`/:class:`Interrupted`
+    (a diverged job's slice is not logged, saved or checkpointed again; the others go on)."""
+    b = len(writers)
+    if batched and early_stop_patience > 0:
+        raise ValueError("batched jobs do not stop early (such jobs run alone)")
+
+    def pick(x: Any, j: int) -> Any:
+        return x[j] if batched else x
+
+    def job_state(st: State, j: int) -> State:
+        return jax.tree.map(lambda x: x[j], st) if batched else st
+
+    out: list[Any] = [None] * b
+    initial: list[dict[str, float]] = [{} for _ in range(b)]
+    best, stale = [float("inf")] * b, [0] * b
     step_times: list[float] = []
     last_log_t, last_log_step = time.perf_counter(), start
     t_start = time.perf_counter()
     done = start
-    best, stale = float("inf"), 0
+    params, targets, weights = args
     with tqdm(
-        total=steps,
-        initial=start,
-        unit="step",
-        desc="nst",
-        disable=not progress,
-        dynamic_ncols=True,
+        total=steps, initial=start, unit="step", desc=desc, disable=not progress, dynamic_ncols=True
     ) as bar:
         for end in ends:
             tc = time.perf_counter()
             state, metrics = compiled[end - done](state, params, targets, weights)
-            finite = np.asarray(jax.device_get(metrics["finite"]))  # (k,) bools: a tiny sync
+            finite = np.asarray(jax.device_get(metrics["finite"]))  # (k,) or (B, k): a tiny sync
             step_times.append((time.perf_counter() - tc) / (end - done))
-            if not finite.all():
-                bad = done + int(np.argmin(finite))
-                host = jax.device_get(metrics)
-                last = {name: float(host[name][bad - done]) for name in order}
-                writer.write_scalars(bad, {**last, "sec_per_step": step_times[-1]})
-                raise Diverged(bad, np.asarray(jax.device_get(state.image)), last)
+            host = None
+            for j in range(b):
+                if out[j] is None and not pick(finite, j).all():
+                    host = host or jax.device_get(metrics)
+                    bad = done + int(np.argmin(pick(finite, j)))
+                    last = {n: float(pick(host[n], j)[bad - done]) for n in order}
+                    writers[j].write_scalars(bad, {**last, "sec_per_step": step_times[-1]})
+                    out[j] = Diverged(bad, np.asarray(jax.device_get(pick(state.image, j))), last)
             log_steps = [s for s in range(done, end) if s % log_every == 0]
             if log_steps:
-                host = jax.device_get(metrics)
+                host = host or jax.device_get(metrics)
                 now = time.perf_counter()
                 sps = (now - last_log_t) / max(end - last_log_step, 1)
-                for s in log_steps:
-                    row = {name: float(host[name][s - done]) for name in order}
-                    row["sec_per_step"] = sps
-                    writer.write_scalars(s, row)
-                    if s == 0:
-                        initial = row
-                bar.set_postfix(loss=f"{row['total']:.4g}", refresh=False)
+                for j in range(b):
+                    if out[j] is not None:
+                        continue
+                    for s in log_steps:
+                        row = {n: float(pick(host[n], j)[s - done]) for n in order}
+                        row["sec_per_step"] = sps
+                        writers[j].write_scalars(s, row)
+                        if s == 0:
+                            initial[j] = row
+                    if b == 1:
+                        bar.set_postfix(loss=f"{row['total']:.4g}", refresh=False)
+                    if early_stop_patience > 0:
+                        improved = row["total"] < best[j] * (1.0 - early_stop_min_delta)
+                        best[j], stale[j] = (
+                            (row["total"], 0) if improved else (best[j], stale[j] + 1)
+                        )
                 last_log_t, last_log_step = now, end
-                if early_stop_patience > 0:
-                    improved = row["total"] < best * (1.0 - early_stop_min_delta)
-                    best, stale = (row["total"], 0) if improved else (best, stale + 1)
             bar.update(end - done)
             done = end
-            if save_every > 0 and done % save_every == 0 and done < steps:
-                writer.write_images(done, {"step": np.asarray(jax.device_get(state.image))})
-            if checkpoint_every > 0 and done % checkpoint_every == 0 and done < steps:
-                save_ckpt(state)
-            if should_stop is not None and should_stop() and done < steps:
-                save_ckpt(state)
-                raise Interrupted(done, np.asarray(jax.device_get(state.image)))
-            if early_stop_patience > 0 and stale >= early_stop_patience:
+            live = [j for j in range(b) if out[j] is None]
+            if save_every > 0 and done % save_every == 0 and done < steps and live:
+                images = np.asarray(jax.device_get(state.image))
+                for j in live:
+                    writers[j].write_images(done, {"step": pick(images, j)})
+            stop = should_stop is not None and should_stop() and done < steps
+            if (checkpoint_every > 0 and done % checkpoint_every == 0 and done < steps) or stop:
+                for j in live:
+                    if checkpoint_paths[j] is not None:
+                        save_checkpoint(checkpoint_paths[j], job_state(state, j))
+            if stop:
+                images = np.asarray(jax.device_get(state.image))
+                for j in live:
+                    out[j] = Interrupted(done, pick(images, j))
+                return out
+            if not live:
+                return out
+            if early_stop_patience > 0 and all(stale[j] >= early_stop_patience for j in live):
                 break  # plateau: the image after `done` steps is the result
     optimize_s = time.perf_counter() - t_start
 
-    final_image = np.asarray(jax.device_get(state.image))
+    images = np.asarray(jax.device_get(state.image))
     _, final = evaluate(state.image, params, targets, weights)
     final = jax.device_get(final)
-    final = {name: float(final[name]) for name in order}
-    final["sec_per_step"] = float(np.median(step_times)) if step_times else 0.0
-    writer.write_scalars(done, final)
-    return RunResult(
-        image=final_image,
-        final_metrics=final,
-        initial_metrics=initial or final,
-        steps=done,
-        compile_s=compile_s,
-        optimize_s=optimize_s,
-        sec_per_step=final["sec_per_step"],
-    )
+    sec = float(np.median(step_times)) if step_times else 0.0
+    for j in range(b):
+        if out[j] is not None:
+            continue
+        f = {n: float(pick(final[n], j)) for n in order}
+        f["sec_per_step"] = sec
+        writers[j].write_scalars(done, f)
+        out[j] = RunResult(
+            image=pick(images, j),
+            final_metrics=f,
+            initial_metrics=initial[j] or f,
+            steps=done,
+            compile_s=compile_s,
+            optimize_s=optimize_s,
+            sec_per_step=sec,
+        )
+    return out
