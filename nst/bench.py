@@ -11,7 +11,8 @@ FLOPs are analytic: 2·k²·C_in·C_out·H·W per convolution up to the deepest 
 input-gradient backward of the same cost (no weight gradients are needed); Grams, losses and the
 optimizer are left out (<1%). ``--compare-torch`` runs the identical step in PyTorch eager
 (optional dependency) in the same process right after, and adds ``jax_over_torch``.
-``--grid N`` times an N-job α/β grid run sequentially and batched (:mod:`nst.batch`).
+``--grid N`` times an N-job α/β grid run sequentially and batched (:mod:`nst.batch`), with a
+roofline: the most any batching of the same arithmetic could gain on this device.
 ``--max-size`` finds, from XLA's compiled memory analysis, the largest size whose step fits a
 memory budget, with and without ``remat``.
 """
@@ -61,6 +62,50 @@ def conv_flops(arch: str, last_layer: str, h: int, w: int) -> int:
         pools = int(name[4]) - 1
         total += 2 * kh * kw * cin * cout * (h >> pools) * (w >> pools)
     return 2 * total
+
+
+# Winograd F(4x4, 3x3) multiplies per 4x4 output tile: 6*6 = 36 against 16*9 = 144 for the
+# direct convolution (Lavin & Gray 2016, Sec. 4.2).
+WINOGRAD_MULT_FRACTION = 36 / 144
+
+
+def floor_flops(arch: str, last_layer: str, h: int, w: int, conv: str = "auto") -> int:
+    """The multiply-add FLOPs one step cannot avoid with the convolution algorithms it uses:
+    :func:`conv_flops`, with each Winograd layer (per :func:`nst.vgg.conv_plan`) counted at its
+    GEMMs' 36/144 of the direct cost and its transforms, Grams, pooling and the optimizer free."""
+    import jax
+
+    from nst.vgg import conv_plan, conv_shapes, layer_names
+
+    names = layer_names(arch)
+    stop = names.index(last_layer)
+    plan = {name: (fwd, bwd) for name, fwd, bwd in conv_plan(arch, conv, jax.default_backend())}
+    total = 0.0
+    for name, (kh, kw, cin, cout) in conv_shapes(arch).items():
+        if names.index(name) > stop:
+            break
+        pools = int(name[4]) - 1
+        direct = 2 * kh * kw * cin * cout * (h >> pools) * (w >> pools)
+        for impl in plan[name]:
+            total += direct * (WINOGRAD_MULT_FRACTION if impl == "winograd" else 1.0)
+    return int(total)
+
+
+def gemm_flops_per_s(n: int = 2048, calls: int = 7, dtype: str = "float32") -> float:
+    """The best FLOP/s this device reaches on one large square matrix product (median of
+    ``calls``): the rate no kernel of the step can beat, for a roofline."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
+    f = jax.jit(lambda x: x @ x).lower(a).compile()
+    f(a).block_until_ready()
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
 
 
 def _reset_peak_rss() -> None:
@@ -482,10 +527,25 @@ def conv_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def grid_bench(arch: str, size: int, jobs: int, steps: int, warmup: int) -> dict[str, Any]:
-    """A ``jobs``-job α/β grid: the sequential per-job step time x jobs vs one batched step."""
+    """A ``jobs``-job α/β grid: the sequential per-job step time x jobs vs one batched step.
+
+    With it a roofline for batching: every job has its own image, so a batch of B does B times
+    one image's arithmetic. If all of it ran at this device's large-GEMM rate and everything
+    else were free, one image-step would take ``floor_s_per_image_step``; no batching of the
+    same algorithms can beat ``sequential step / floor`` (``batched_throughput_ceiling``)."""
+    from nst.engine import LossSpec
+    from nst.vgg import deepest_layer
+
     seq = bench_jax(arch, size, steps=steps, warmup=warmup)
     bat = bench_jax(arch, size, steps=steps, warmup=warmup, batch=jobs)
+    h, w = hw_for(size)
+    floor = floor_flops(arch, deepest_layer(arch, LossSpec().layers), h, w)
+    gemm = gemm_flops_per_s()
     return {
+        "floor_flops_per_image_step": floor,
+        "gemm_flops_per_s": gemm,
+        "floor_s_per_image_step": floor / gemm,
+        "batched_throughput_ceiling": seq["step_s_median"] / (floor / gemm),
         "impl": "grid",
         "backbone": arch,
         "size": size,
@@ -634,7 +694,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"\ngrid {g['backbone']} {g['size']} px, {g['jobs']} jobs: sequential "
             f"{g['sequential_s_per_grid_step']:.2f} s vs batched {g['batched_s_per_grid_step']:.2f} s "
-            f"per grid step -> {g['batched_over_sequential_throughput']:.2f}x throughput"
+            f"per grid step -> {g['batched_over_sequential_throughput']:.2f}x throughput; "
+            f"roofline: {g['floor_flops_per_image_step'] / 1e9:.1f} GFLOP per image-step at "
+            f"{g['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s (large GEMM) = "
+            f"{g['floor_s_per_image_step'] * 1e3:.0f} ms, so no batching beats "
+            f"{g['batched_throughput_ceiling']:.2f}x"
         )
     for r in size_rows:
         print(

@@ -27,6 +27,20 @@ def test_conv_flops_counts_forward_and_input_gradient():
     assert abs(bench.conv_flops("vgg16", "relu5_3", 224, 224) / 4 - 15.35e9) < 0.2e9
 
 
+def test_floor_flops_counts_winograd_layers_at_a_quarter():
+    h, w = 48, 64
+    direct = bench.conv_flops("vgg16", "relu5_1", h, w)
+    assert bench.floor_flops("vgg16", "relu5_1", h, w, conv="xla") == direct
+    # auto on the CPU: block 1 direct, every later layer (>= 128 channels) Winograd, both passes.
+    block1 = sum(
+        2 * 2 * kh * kw * cin * cout * h * w
+        for name, (kh, kw, cin, cout) in conv_shapes("vgg16").items()
+        if name.startswith("conv1_")
+    )
+    expect = block1 + (direct - block1) / 4
+    assert bench.floor_flops("vgg16", "relu5_1", h, w, conv="auto") == pytest.approx(expect, 1e-9)
+
+
 def test_bench_command_writes_json_lines_and_table(tmp_path):
     out = tmp_path / "bench.jsonl"
     args = ["--sizes", "64", "--steps", "3", "--warmup", "1", "--grid", "2", "--out", str(out)]
@@ -44,7 +58,12 @@ def test_bench_command_writes_json_lines_and_table(tmp_path):
     grid = [r for r in rows if r["impl"] == "grid"]
     assert len(grid) == 1 and grid[0]["jobs"] == 2 and grid[0]["batched"]["batch"] == 2
     assert grid[0]["batched_over_sequential_throughput"] > 0
-    assert "grid vgg16 64 px, 2 jobs" in p.stdout
+    assert "grid vgg16 64 px, 2 jobs" in p.stdout and "no batching beats" in p.stdout
+    g = grid[0]
+    assert g["gemm_flops_per_s"] > 1e9 and g["floor_s_per_image_step"] > 0
+    assert g["batched_throughput_ceiling"] == pytest.approx(
+        g["sequential"]["step_s_median"] / g["floor_s_per_image_step"]
+    )
     jax_rows = [r for r in rows if r["impl"] == "jax"]
     assert len(jax_rows) == 1
     r = jax_rows[0]
