@@ -125,6 +125,7 @@ def _finals(sweep: Path) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.slow  # ~87s on a Zen 3 core pair: kept out of the default suite, run by CI's slow step
 def test_batched_launcher_matches_the_basic_launcher(tmp_path):
     """4 jobs, 2 layer sets x 2 betas: two programs of two images; same run dirs and numbers."""
     args = [

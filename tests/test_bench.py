@@ -41,6 +41,7 @@ def test_floor_flops_counts_winograd_layers_at_a_quarter():
     assert bench.floor_flops("vgg16", "relu5_1", h, w, conv="auto") == pytest.approx(expect, 1e-9)
 
 
+@pytest.mark.slow  # ~42s on a Zen 3 core pair: kept out of the default suite, run by CI's slow step
 def test_bench_command_writes_json_lines_and_table(tmp_path):
     out = tmp_path / "bench.jsonl"
     args = ["--sizes", "64", "--steps", "3", "--warmup", "1", "--grid", "2", "--out", str(out)]

@@ -110,6 +110,7 @@ def _iq(path_or_array):
     return color.rgb_to_yiq(x)[..., 1:]
 
 
+@pytest.mark.slow  # ~54s on a Zen 3 core pair: kept out of the default suite, run by CI's slow step
 def test_color_modes_blend_and_pyramid_through_a_wandb_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     p = nst(

@@ -43,6 +43,7 @@ def _faults_per_call(env_extra: dict[str, str]) -> tuple[bool, int]:
     return lines["tuned"] == "True", int(lines["faults"])
 
 
+@pytest.mark.slow  # ~31s on a Zen 3 core pair: kept out of the default suite, run by CI's slow step
 @pytest.mark.skipif(hostmem._libc() is None, reason="glibc only")
 def test_tuned_allocator_stops_per_call_page_faults():
     tuned, faults_tuned = _faults_per_call({"NST_MALLOC_TUNE": "1"})

@@ -41,7 +41,8 @@ def test_layer_size_floors_at_each_pool():
 
 
 @pytest.mark.parametrize(
-    ("hw", "rows", "blocks", "pooling"), [((70, 45), 16, 3, "max"), ((97, 33), 8, 2, "avg")]
+    ("hw", "rows", "blocks", "pooling"),
+    [((70, 45), 16, 3, "max"), pytest.param((97, 33), 8, 2, "avg", marks=pytest.mark.slow)],
 )
 def test_striped_grams_and_features_equal_whole_image(params, hw, rows, blocks, pooling):
     plan = vgg.conv_plan("vgg16", "auto", "cpu")

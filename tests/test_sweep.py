@@ -40,6 +40,7 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # ~37s on a Zen 3 core pair: kept out of the default suite, run by CI's slow step
 def test_wandb_offline_sweep_acceptance(tmp_path):
     """Issue acceptance 1 (steps shortened): 4 offline W&B runs in one group, 2x2 sheet, report."""
     sweep = tmp_path / "sweep"
@@ -188,6 +189,7 @@ def test_sweep_configs_compose(sweep_cfg, n):
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
 
 
+@pytest.mark.slow  # ~21s on a Zen 3 core pair: kept out of the default suite, run by CI's slow step
 def test_sweep_resume_skips_finished_and_resumes_unfinished(tmp_path, write_png):
     """Issue 5: re-running a sweep with resume=true reuses its job directories."""
     good = write_png("good.png")
