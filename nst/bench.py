@@ -48,20 +48,26 @@ def hw_for(size: int) -> tuple[int, int]:
     return (size * 3 // 4, size)
 
 
-def conv_flops(arch: str, last_layer: str, h: int, w: int) -> int:
-    """FLOPs of one step on an ``h`` x ``w`` image: every convolution up to ``last_layer``,
-    forward and input-gradient backward (2 FLOPs per multiply-add, 2 passes)."""
+def _direct_conv_flops(arch: str, last_layer: str, h: int, w: int) -> dict[str, int]:
+    """FLOPs of one pass (2 per multiply-add) of each convolution up to ``last_layer`` on an
+    ``h`` x ``w`` image, direct algorithm, by layer name."""
     from nst.vgg import conv_shapes, layer_names
 
     names = layer_names(arch)
     stop = names.index(last_layer)
-    total = 0
+    out = {}
     for name, (kh, kw, cin, cout) in conv_shapes(arch).items():
         if names.index(name) > stop:
             break
         pools = int(name[4]) - 1
-        total += 2 * kh * kw * cin * cout * (h >> pools) * (w >> pools)
-    return 2 * total
+        out[name] = 2 * kh * kw * cin * cout * (h >> pools) * (w >> pools)
+    return out
+
+
+def conv_flops(arch: str, last_layer: str, h: int, w: int) -> int:
+    """FLOPs of one step on an ``h`` x ``w`` image: every convolution up to ``last_layer``,
+    forward and input-gradient backward (2 FLOPs per multiply-add, 2 passes)."""
+    return 2 * sum(_direct_conv_flops(arch, last_layer, h, w).values())
 
 
 # Winograd F(4x4, 3x3) multiplies per 4x4 output tile: 6*6 = 36 against 16*9 = 144 for the
@@ -75,18 +81,12 @@ def floor_flops(arch: str, last_layer: str, h: int, w: int, conv: str = "auto") 
     GEMMs' 36/144 of the direct cost and its transforms, Grams, pooling and the optimizer free."""
     import jax
 
-    from nst.vgg import conv_plan, conv_shapes, layer_names
+    from nst.vgg import conv_plan
 
-    names = layer_names(arch)
-    stop = names.index(last_layer)
     plan = {name: (fwd, bwd) for name, fwd, bwd in conv_plan(arch, conv, jax.default_backend())}
     total = 0.0
-    for name, (kh, kw, cin, cout) in conv_shapes(arch).items():
-        if names.index(name) > stop:
-            break
-        pools = int(name[4]) - 1
-        direct = 2 * kh * kw * cin * cout * (h >> pools) * (w >> pools)
-        for impl in plan[name]:
+    for name, direct in _direct_conv_flops(arch, last_layer, h, w).items():
+        for impl in plan[name]:  # forward, input gradient
             total += direct * (WINOGRAD_MULT_FRACTION if impl == "winograd" else 1.0)
     return int(total)
 
