@@ -20,8 +20,8 @@ from nst.errors import NstError, RunInterrupted
 if TYPE_CHECKING:
     from nst.run import JobInfo
 
-# The configs/ tree at the repository root (the package is installed editable: pip install -e .).
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+# The config tree ships inside the package (package data), so installed wheels find it too.
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 IGNORED_OVERRIDES = ("hydra.", "progress", "debug", "logger", "resume")

@@ -1,6 +1,6 @@
 """Structured config schemas, registered in Hydra's ConfigStore.
 
-The YAML files under ``configs/`` fill these dataclasses; a misspelled key, a value of the wrong
+The YAML files under ``nst/conf/`` fill these dataclasses; a misspelled key, a value of the wrong
 type or an unknown enum value fails at compose time with Hydra's message. The names here are a
 contract other tools rely on (see the README).
 """
@@ -268,7 +268,7 @@ def cache_path(sub: str = "") -> str:
 
 
 def register_configs() -> None:
-    """Register ``nst_schema``, the typed base of ``configs/config.yaml``, and the resolvers."""
+    """Register ``nst_schema``, the typed base of ``nst/conf/config.yaml``, and the resolvers."""
     if not OmegaConf.has_resolver("nst_dirname"):
         OmegaConf.register_new_resolver("nst_dirname", safe_dirname)
     if not OmegaConf.has_resolver("nst_cache"):

@@ -481,7 +481,7 @@ except ImportError:  # pragma: no cover - hydra is a dependency
 
 
 class ReportCallback(Callback):
-    """Hydra callback (configs/config.yaml): rebuild the sweep report after every job, so it is
+    """Hydra callback (nst/conf/config.yaml): rebuild the sweep report after every job, so it is
     current even when a later job fails or the sweep is interrupted, and once more at the end."""
 
     def on_job_end(self, config, job_return=None, **kwargs) -> None:

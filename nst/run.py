@@ -68,7 +68,7 @@ def authors_style_weights(arch: str, layers: dict[str, float]) -> dict[str, floa
 
 def effective_beta(loss_cfg: Any) -> float:
     """β from ``loss.beta``, or from the paper's ratio: β = α·ab_scale/ab_ratio when
-    ``loss.ab_ratio`` is set (see configs/impl/ for the calibrated ab_scale values)."""
+    ``loss.ab_ratio`` is set (see nst/conf/impl/ for the calibrated ab_scale values)."""
     ratio = loss_cfg.get("ab_ratio")
     if ratio is None:
         return float(loss_cfg.beta)
