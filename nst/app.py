@@ -14,17 +14,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from nst import hostmem
-from nst.config import register_configs
+from nst.config import is_run_only, register_configs
 from nst.errors import NstError, RunInterrupted
 
 if TYPE_CHECKING:
-    from nst.run import JobInfo
+    from nst.tracking import JobInfo
 
 # The config tree ships inside the package (package data), so installed wheels find it too.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
-
-
-IGNORED_OVERRIDES = ("hydra.", "progress", "debug", "logger", "resume")
 
 
 def _swept_keys(hc: DictConfig) -> set[str]:
@@ -46,12 +43,10 @@ def _swept_keys(hc: DictConfig) -> set[str]:
 def job_info(hc: DictConfig) -> JobInfo:
     """Name, group and type of the job for trackers, from Hydra's runtime config. In a sweep the
     name lists the swept values (``beta=1000,layers=gatys2016``) and the group is the sweep."""
-    from nst.run import JobInfo
+    from nst.tracking import JobInfo
 
     pairs = [o.split("=", 1) for o in hc.overrides.task if "=" in o]
-    pairs = [
-        (k.lstrip("+~"), v) for k, v in pairs if not k.lstrip("+~").startswith(IGNORED_OVERRIDES)
-    ]
+    pairs = [(k.lstrip("+~"), v) for k, v in pairs if not is_run_only(k)]
     multirun = hc.mode == RunMode.MULTIRUN
     group = None
     if multirun:
@@ -143,7 +138,7 @@ def enable_compile_cache() -> str | None:
     if os.environ.get("NST_COMPILE_CACHE", "1") == "0":
         return None
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        from nst.weights import cache_dir
+        from nst.files import cache_dir
 
         try:
             os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir() / "xla")

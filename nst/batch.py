@@ -1,7 +1,7 @@
 """Batched grid mode: many jobs that differ only in scalar loss weights (α, β, TV, per-layer
 weights) and/or their initial image, optimized together as ONE compiled program.
 
-The single-job update (:func:`nst.engine.make_update_fn`) is vmapped over the optimization state
+The single-job update (:meth:`nst.engine.Program.update_fn`) is vmapped over the optimization state
 and the weights; the backbone params and the content/style targets are shared (``in_axes=None``),
 so a batch of B images costs one forward/backward over an (B, H, W, 3) batch instead of B
 separate programs, and each job's numbers are those of its own sequential run up to float
@@ -11,63 +11,23 @@ reassociation.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from nst.engine import (
-    Metrics,
     RunResult,
-    State,
+    build,
     call_boundaries,
-    compile_calls,
-    compute_targets,
     default_steps_per_call,
     drive_calls,
-    make_loss_fn,
-    make_model,
-    make_update_fn,
     metric_order,
     stylize,
-    trim_params,
 )
-from nst.optim import make_optimizer
-from nst.writers import MetricWriter
-
-
-def stack_weights(weights: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per-job weight pytrees (``LossSpec.weights()``, same structure) -> one pytree of (B,)."""
-    return jax.tree.map(lambda *xs: np.stack([np.float32(x) for x in xs]), *weights)
-
-
-def init_state(tx: optax.GradientTransformation, images: jnp.ndarray) -> State:
-    """Batched :class:`~nst.engine.State` for ``images`` ``(B, H, W, 3)`` (one buffer per leaf,
-    so the state can be donated)."""
-    images = jnp.asarray(images, jnp.float32)
-    state = State(images, jax.vmap(tx.init)(images), jnp.zeros((images.shape[0],), jnp.int32))
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
-
-
-def make_batched_update_fn(
-    loss_fn: Callable[..., tuple[jnp.ndarray, Metrics]],
-    tx: optax.GradientTransformation,
-    *,
-    needs_value_fn: bool = False,
-    steps_per_call: int = 1,
-) -> Callable[..., tuple[State, Metrics]]:
-    """``update(state, params, targets, weights)`` over a batch: ``state`` and ``weights`` carry
-    a leading job axis B; metrics come back as ``(B, steps_per_call)``."""
-    single = make_update_fn(
-        loss_fn, tx, needs_value_fn=needs_value_fn, steps_per_call=steps_per_call
-    )
-    return jax.vmap(single, in_axes=(0, None, None, 0))
-
+from nst.tracking.base import MetricWriter
 
 # --- Running many jobs' stylize() calls as one program. --------------------------------------
 
@@ -250,38 +210,27 @@ def stylize_batch(
     save_every = int(r0.get("save_every", 0))
     ckpt_every = int(r0.get("checkpoint_every", 0))
 
-    model = make_model(backbone, loss)
-    params = trim_params(model, r0["params"])
-    targets = compute_targets(
-        model, params, r0["content"], r0["style"], loss, r0.get("style_blend")
+    prog = build(
+        backbone,
+        loss,
+        optimizer,
+        r0["params"],
+        r0["content"],
+        r0["style"],
+        style_blend=r0.get("style_blend"),
+        batch=len(requests),
     )
-    weights = jax.device_put(stack_weights([r["loss"].weights() for r in requests]))
-    loss_fn = make_loss_fn(model, loss)
-    tx = make_optimizer(optimizer)
+    weights = prog.weights([r["loss"] for r in requests])
     k = int(r0.get("steps_per_call", 0)) or default_steps_per_call()
-    state = init_state(tx, np.stack([np.asarray(r["init"], np.float32) for r in requests]))
-
-    t0 = time.perf_counter()
+    state = prog.init_state(np.stack([np.asarray(r["init"], np.float32) for r in requests]))
     ends = call_boundaries(steps, k, save_every, ckpt_every)
-    compiled = compile_calls(
-        lambda n: make_batched_update_fn(
-            loss_fn, tx, needs_value_fn=optimizer.needs_value_fn, steps_per_call=n
-        ),
-        (state, params, targets, weights),
-        ends,
-    )
-    evaluate = (
-        jax.jit(jax.vmap(loss_fn, in_axes=(0, None, None, 0)))
-        .lower(state.image, params, targets, weights)
-        .compile()
-    )
-    compile_s = time.perf_counter() - t0
+    compiled, evaluate, compile_s = prog.compile(state, weights, ends)
 
     return drive_calls(
         compiled,
         evaluate,
         state,
-        (params, targets, weights),
+        (prog.params, prog.targets, weights),
         batched=True,
         writers=[r.get("writer") or MetricWriter() for r in requests],
         checkpoint_paths=[r.get("checkpoint_path") for r in requests],

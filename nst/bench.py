@@ -51,7 +51,7 @@ def hw_for(size: int) -> tuple[int, int]:
 def _direct_conv_flops(arch: str, last_layer: str, h: int, w: int) -> dict[str, int]:
     """FLOPs of one pass (2 per multiply-add) of each convolution up to ``last_layer`` on an
     ``h`` x ``w`` image, direct algorithm, by layer name."""
-    from nst.vgg import conv_shapes, layer_names
+    from nst.backbones.vgg import conv_shapes, layer_names
 
     names = layer_names(arch)
     stop = names.index(last_layer)
@@ -77,11 +77,11 @@ WINOGRAD_MULT_FRACTION = 36 / 144
 
 def floor_flops(arch: str, last_layer: str, h: int, w: int, conv: str = "auto") -> int:
     """The multiply-add FLOPs one step cannot avoid with the convolution algorithms it uses:
-    :func:`conv_flops`, with each Winograd layer (per :func:`nst.vgg.conv_plan`) counted at its
+    :func:`conv_flops`, with each Winograd layer (per :func:`nst.backbones.vgg.conv_plan`) counted at its
     GEMMs' 36/144 of the direct cost and its transforms, Grams, pooling and the optimizer free."""
     import jax
 
-    from nst.vgg import conv_plan
+    from nst.backbones.vgg import conv_plan
 
     plan = {name: (fwd, bwd) for name, fwd, bwd in conv_plan(arch, conv, jax.default_backend())}
     total = 0.0
@@ -184,21 +184,11 @@ def bench_jax(
     (``batch`` images with their own α/β in one program, :mod:`nst.batch`)."""
     import jax
 
-    from nst import batch as nbatch
-    from nst.engine import (
-        BackboneSpec,
-        LossSpec,
-        State,
-        compute_targets,
-        default_steps_per_call,
-        make_loss_fn,
-        make_model,
-        make_update_fn,
-        trim_params,
-    )
-    from nst.optim import OptimizerSpec, make_optimizer
-    from nst.vgg import deepest_layer
-    from nst.weights import random_params
+    from nst.backbones import BackboneSpec
+    from nst.backbones.vgg import deepest_layer
+    from nst.backbones.weights import random_params
+    from nst.engine import LossSpec, build, default_steps_per_call
+    from nst.optim import OptimizerSpec
 
     backend, dev = device_kind()
     k = steps_per_call or default_steps_per_call()
@@ -207,22 +197,12 @@ def bench_jax(
     content, style, inits = _inputs(size, max(batch, 1))
     backbone = BackboneSpec(arch=arch, dtype=dtype, remat=remat, conv=conv)
     loss = LossSpec()
-    model = make_model(backbone, loss)
-    params = trim_params(model, random_params(arch, 0))
-    targets = compute_targets(model, params, content, style, loss)
-    tx = make_optimizer(OptimizerSpec())
-    loss_fn = make_loss_fn(model, loss)
-    if batch:
-        weights = nbatch.stack_weights([loss.weights()] * batch)
-        image = jax.numpy.asarray(inits)
-        state = nbatch.init_state(tx, image)
-        update = nbatch.make_batched_update_fn(loss_fn, tx, steps_per_call=k)
-    else:
-        weights = jax.device_put(loss.weights())
-        image = jax.numpy.asarray(inits[0])
-        state = State(image, tx.init(image), jax.numpy.zeros((), jax.numpy.int32))
-        state = jax.tree.map(lambda x: jax.numpy.array(x, copy=True), state)
-        update = make_update_fn(loss_fn, tx, steps_per_call=k)
+    prog = build(
+        backbone, loss, OptimizerSpec(), random_params(arch, 0), content, style, batch=batch or None
+    )
+    params, targets, weights = prog.params, prog.targets, prog.weights()
+    state = prog.init_state(inits if batch else inits[0])
+    update = prog.update_fn(k)
     _reset_peak_rss()
     t0 = time.perf_counter()
     compiled = jax.jit(update, donate_argnums=0).lower(state, params, targets, weights).compile()
@@ -295,8 +275,8 @@ def bench_torch(
     import torch
     import torch.nn.functional as F
 
-    from nst.vgg import CAFFE_MEAN_BGR, conv_shapes, layer_names
-    from nst.weights import random_params
+    from nst.backbones.vgg import CAFFE_MEAN_BGR, conv_shapes, layer_names
+    from nst.backbones.weights import random_params
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -400,17 +380,16 @@ def max_size(arch: str, budget_bytes: int, *, remat: bool, lo: int = 256, hi: in
     ``budget_bytes`` according to XLA's memory analysis (temporaries + arguments + outputs)."""
     import jax
 
-    from nst.engine import BackboneSpec, LossSpec, State, make_loss_fn, make_model, make_update_fn
-    from nst.optim import OptimizerSpec, make_optimizer
-    from nst.vgg import prepare_params
-    from nst.weights import random_params
+    from nst.backbones import BackboneSpec
+    from nst.backbones.weights import random_params
+    from nst.engine import LossSpec, State, build
+    from nst.optim import OptimizerSpec
 
     loss = LossSpec()
-    model = make_model(BackboneSpec(arch=arch, remat=remat), loss)
     raw = random_params(arch, 0)
-    params = jax.eval_shape(lambda p: prepare_params(p, model.conv_plan), raw)
-    tx = make_optimizer(OptimizerSpec())
-    update = make_update_fn(make_loss_fn(model, loss), tx)
+    # The step is lowered on abstract images and targets per size, never run.
+    prog = build(BackboneSpec(arch=arch, remat=remat), loss, OptimizerSpec(), raw, targets={})
+    model, tx, update, params = prog.model, prog.tx, prog.update_fn(), prog.params
 
     def need(size: int) -> int:
         h, w = hw_for(size)
@@ -467,11 +446,11 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 def conv_layer_bench(arch: str, size: int, steps: int = 10) -> list[dict[str, Any]]:
     """Every convolution of ``arch`` at its resolution for a ``size`` px image, forward and
     input-gradient (a C_out -> C_in convolution), timed with each implementation: the
-    measurements behind :data:`nst.vgg.WINOGRAD_MIN_CHANNELS`."""
+    measurements behind :data:`nst.backbones.vgg.WINOGRAD_MIN_CHANNELS`."""
     import jax
     import jax.numpy as jnp
 
-    from nst import vgg
+    from nst.backbones import vgg
 
     backend, dev = device_kind()
     h, w = hw_for(size)
@@ -533,8 +512,8 @@ def grid_bench(arch: str, size: int, jobs: int, steps: int, warmup: int) -> dict
     one image's arithmetic. If all of it ran at this device's large-GEMM rate and everything
     else were free, one image-step would take ``floor_s_per_image_step``; no batching of the
     same algorithms can beat ``sequential step / floor`` (``batched_throughput_ceiling``)."""
+    from nst.backbones.vgg import deepest_layer
     from nst.engine import LossSpec
-    from nst.vgg import deepest_layer
 
     seq = bench_jax(arch, size, steps=steps, warmup=warmup)
     bat = bench_jax(arch, size, steps=steps, warmup=warmup, batch=jobs)

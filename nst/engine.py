@@ -22,50 +22,15 @@ import optax
 from tqdm.auto import tqdm
 
 from nst import losses
+from nst.backbones import BackboneSpec, Network, get_backbone
 from nst.files import atomic_write_bytes
 from nst.optim import OptimizerSpec, make_optimizer
-from nst.vgg import (
-    VGG,
-    apply_vgg,
-    apply_vgg_striped,
-    conv_plan,
-    deepest_layer,
-    layer_names,
-    layer_size,
-    prepare_params,
-)
-from nst.writers import MetricWriter
+from nst.tracking.base import MetricWriter
 
 PIXEL_MAX = 255.0
 
 Params = Mapping[str, Mapping[str, Any]]
 Metrics = dict[str, jnp.ndarray]
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Which network computes the features, and how its input is preprocessed."""
-
-    arch: str = "vgg16"
-    pooling: str = "max"
-    preprocessing: str = "caffe"
-    dtype: str = "float32"
-    # jax.checkpoint per VGG block: the backward pass recomputes a block's activations instead
-    # of keeping them, so much larger images fit in memory (see nst.vgg.apply_vgg).
-    remat: bool = False
-    # How the convolutions run: auto (Winograd on the CPU for layers with >= 128 channels, XLA's
-    # convolution elsewhere), xla or winograd; see nst.vgg.conv_plan. Same function either way.
-    conv: str = "auto"
-    # With remat: the blocks before the first content layer (at most STRIP_BLOCKS_MAX) run over
-    # strips of about this many rows, one strip at a time (nst.vgg.apply_vgg_striped).
-    strip_rows: int = 128
-
-
-# Blocks 1-3 hold ~80% of VGG16's activations, and the peak of a step is in the backward pass of
-# the largest block: striping 1-3 leaves block 4 (1/64 of the pixels) as the peak. Measured with
-# XLA's memory analysis at 1536x2048 (`nst-bench --max-size`): temporaries 8.3 GiB without
-# remat, 2.9 GiB striping blocks 1-2, 1.3 GiB striping 1-3; at 384x512 the step is 1.2x slower.
-STRIP_BLOCKS_MAX = 3
 
 
 @dataclass(frozen=True)
@@ -108,86 +73,31 @@ class State(NamedTuple):
     step: jnp.ndarray
 
 
-def make_model(backbone: BackboneSpec, loss: LossSpec) -> VGG:
-    """A VGG that stops at the deepest layer the loss needs."""
-    return VGG(
-        arch=backbone.arch,
-        pooling=backbone.pooling,
-        preprocessing=backbone.preprocessing,
-        last_layer=deepest_layer(backbone.arch, loss.layers),
-        dtype=jnp.dtype(backbone.dtype),
-        remat=backbone.remat,
-        outputs=tuple(loss.layers),
-        conv_plan=conv_plan(backbone.arch, backbone.conv, jax.default_backend()),
-        strip_blocks=strip_blocks(backbone, loss),
-        strip_rows=backbone.strip_rows,
-    )
+def make_model(backbone: BackboneSpec, loss: LossSpec) -> Network:
+    """The registered backbone's network for the loss's layers (stops at the deepest)."""
+    return get_backbone(backbone.arch).network(backbone, loss.layers, loss)
 
 
 def strip_blocks(backbone: BackboneSpec, loss: LossSpec) -> int:
-    """How many leading VGG blocks run in strips: with remat, those (up to STRIP_BLOCKS_MAX)
-    whose layers the loss reads only through Gram matrices (a Gram sums over rows; a content
-    layer or mean/covariance statistics would need the whole activation)."""
-    if not backbone.remat or loss.style_loss != "gram" or backbone.strip_rows <= 0:
-        return 0
-    names = layer_names(backbone.arch)
-    deepest = names.index(deepest_layer(backbone.arch, loss.layers))
-    blocks = 0
-    for b in range(1, STRIP_BLOCKS_MAX + 1):
-        if any(int(n[4]) <= b for n in loss.content_layers) or deepest < names.index(f"pool{b}"):
-            break
-        blocks = b
-    return blocks
+    """How many leading blocks the backbone runs in row strips for this loss (remat)."""
+    return get_backbone(backbone.arch).strip_blocks(backbone, loss)
 
 
-def features(model: VGG, params: Params, x: jnp.ndarray) -> dict[str, jnp.ndarray]:
-    """``model``'s activations of ``x`` (``(N, H, W, 3)``): the Flax module's function computed by
-    :func:`nst.vgg.apply_vgg`, with each convolution as ``model.conv_plan`` says (``params`` from
-    :func:`trim_params`) and per-block rematerialized when ``model.remat``."""
-    if not model.remat and not model.conv_plan:
-        return model.apply({"params": params}, x)
-    return apply_vgg(params, x, **_network_kwargs(model))
-
-
-def _network_kwargs(model: VGG) -> dict[str, Any]:
-    """The module's fields as the keyword arguments of :func:`nst.vgg.apply_vgg`."""
-    return {
-        "arch": model.arch,
-        "pooling": model.pooling,
-        "preprocessing": model.preprocessing,
-        "last_layer": model.last_layer,
-        "dtype": model.dtype,
-        "remat": model.remat,
-        "outputs": model.outputs,
-        "conv_plan": model.conv_plan,
-    }
+def features(model: Network, params: Params, x: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    """``model``'s activations of ``x`` (``(N, H, W, 3)``), ``params`` from :func:`trim_params`."""
+    return model.features(params, x)
 
 
 def features_and_grams(
-    model: VGG, params: Params, x: jnp.ndarray
+    model: Network, params: Params, x: jnp.ndarray
 ) -> tuple[dict[str, jnp.ndarray], dict[str, jnp.ndarray]]:
-    """``model``'s activations of ``x`` as :func:`features`, except that the layers of the first
-    ``model.strip_blocks`` blocks come as unnormalized Grams ``(N, C, C)`` in the second dict,
-    computed strip by strip (:func:`nst.vgg.apply_vgg_striped`). No strips: no Grams."""
-    if not model.strip_blocks:
-        return features(model, params, x), {}
-    return apply_vgg_striped(
-        params,
-        x,
-        strip_blocks=model.strip_blocks,
-        strip_rows=model.strip_rows,
-        gram_layers=model.outputs or (),
-        **_network_kwargs(model),
-    )
+    """:func:`features`, some layers possibly as unnormalized Grams (Network protocol)."""
+    return model.features_and_grams(params, x)
 
 
-def trim_params(model: VGG, params: Params) -> dict[str, Any]:
-    """Only the convolutions the truncated model uses, as device arrays, with what
-    ``model.conv_plan`` needs precomputed (:func:`nst.vgg.prepare_params`)."""
-    # Shapes only: eval_shape traces init without computing (and discarding) random weights.
-    used = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
-    trimmed = jax.device_put({k: dict(params[k]) for k in used})
-    return prepare_params(trimmed, model.conv_plan) if model.conv_plan else trimmed
+def trim_params(model: Network, params: Params) -> Any:
+    """The parameters ``model`` uses, on the device, prepared once per run."""
+    return model.prepare(params)
 
 
 def style_statistics(feats: jnp.ndarray, loss: LossSpec) -> Any:
@@ -198,7 +108,7 @@ def style_statistics(feats: jnp.ndarray, loss: LossSpec) -> Any:
 
 
 def compute_targets(
-    model: VGG,
+    model: Network,
     params: Params,
     content: np.ndarray,
     style: np.ndarray | Sequence[np.ndarray],
@@ -257,8 +167,7 @@ def downsample_mask(mask: np.ndarray, pools: int) -> np.ndarray:
 
 
 def _guided_targets(model, params, content, styles, loss, content_mask, style_masks):
-    from nst.vgg import downsampling
-
+    downsampling = get_backbone(model.arch).downsampling
     if len(styles) not in (1, 2):
         raise ValueError(f"a content mask routes 1 or 2 style images, got {len(styles)}")
     if loss.style_loss != "gram":
@@ -270,7 +179,7 @@ def _guided_targets(model, params, content, styles, loss, content_mask, style_ma
     fc = feats(params, jnp.asarray(content))
     style_t, guide = {}, {}
     for k in loss.style_layers:
-        pools = downsampling(model.arch, k)
+        pools = downsampling(k)
         guide[k] = jnp.stack([jnp.asarray(downsample_mask(r, pools)) for r in regions])
     for i, s in enumerate(styles):
         fs = feats(params, jnp.asarray(s))
@@ -278,7 +187,7 @@ def _guided_targets(model, params, content, styles, loss, content_mask, style_ma
             sm = masks[i] if masks[i] is not None else np.ones(s.shape[:2], np.float32)
             g = losses.guided_gram(
                 fs[k][0],
-                jnp.asarray(downsample_mask(sm, downsampling(model.arch, k))),
+                jnp.asarray(downsample_mask(sm, downsampling(k))),
                 loss.gram_norm,
             )
             style_t.setdefault(k, []).append(g)
@@ -289,7 +198,7 @@ def _guided_targets(model, params, content, styles, loss, content_mask, style_ma
     }
 
 
-def make_loss_fn(model: VGG, loss: LossSpec) -> Callable[..., tuple[jnp.ndarray, Metrics]]:
+def make_loss_fn(model: Network, loss: LossSpec) -> Callable[..., tuple[jnp.ndarray, Metrics]]:
     """``loss_fn(image, params, targets, weights) -> (total, metrics)``.
 
     total = α·Σ_l wc_l·C_l + β·Σ_l ws_l·E_l + tv·TV (paper eq. 7 plus TV). ``metrics`` holds the
@@ -346,7 +255,7 @@ def make_loss_fn(model: VGG, loss: LossSpec) -> Callable[..., tuple[jnp.ndarray,
 
 
 def _positions(arch: str, layer: str, h: int, w: int) -> int:
-    lh, lw = layer_size(arch, layer, h, w)
+    lh, lw = get_backbone(arch).layer_size(layer, h, w)
     return lh * lw
 
 
@@ -440,6 +349,95 @@ def metric_order(loss: LossSpec) -> list[str]:
     order = ["total", "content", "style", "tv"]
     order += [f"content/{k}" for k in loss.content_layers]
     return order + [f"style/{k}" for k in loss.style_layers]
+
+
+@dataclass
+class Program:
+    """Everything a run's step is compiled against, assembled once by :func:`build`: single runs,
+    the batched launcher, ``nst-bench`` and the calibration tool all start here. With ``batch``
+    the state and the weights carry a leading job axis of that length (the step is vmapped over
+    them; the network, its parameters and the targets are shared)."""
+
+    model: Network
+    params: Any
+    targets: dict[str, Any]
+    loss: LossSpec
+    optimizer: OptimizerSpec
+    loss_fn: Callable[..., tuple[jnp.ndarray, Metrics]]
+    tx: optax.GradientTransformation
+    batch: int | None = None
+
+    def weights(self, losses: Sequence[LossSpec] | None = None) -> Any:
+        """The loss weights as a jit argument (per job with ``batch``: ``losses`` or this one)."""
+        if self.batch is None:
+            return jax.device_put(self.loss.weights())
+        each = [x.weights() for x in (losses or [self.loss] * self.batch)]
+        return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.float32(x) for x in xs]), *each))
+
+    def init_state(self, images: Any) -> State:
+        """The state for ``images`` (``(H, W, 3)``, or ``(B, H, W, 3)`` with ``batch``), one
+        buffer per leaf so it can be donated (optimizer inits may alias one zeros array)."""
+        images = jnp.asarray(images, jnp.float32)
+        init = self.tx.init if self.batch is None else jax.vmap(self.tx.init)
+        step = jnp.zeros(() if self.batch is None else (self.batch,), jnp.int32)
+        state = State(images, init(images), step)
+        return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+
+    def update_fn(self, steps_per_call: int = 1) -> Callable[..., tuple[State, Metrics]]:
+        """``update(state, params, targets, weights)`` (vmapped over jobs with ``batch``)."""
+        single = make_update_fn(
+            self.loss_fn,
+            self.tx,
+            needs_value_fn=self.optimizer.needs_value_fn,
+            steps_per_call=steps_per_call,
+        )
+        return single if self.batch is None else jax.vmap(single, in_axes=(0, None, None, 0))
+
+    def compile(
+        self, state: State, weights: Any, ends: Sequence[int], start: int = 0
+    ) -> tuple[dict[int, Any], Any, float]:
+        """Ahead-of-time executables for the calls ending at ``ends`` (:func:`compile_calls`),
+        the final-loss evaluator, and the seconds compiling took (reported apart from steps)."""
+        t0 = time.perf_counter()
+        args = (state, self.params, self.targets, weights)
+        compiled = compile_calls(self.update_fn, args, ends, start)
+        fn = self.loss_fn if self.batch is None else jax.vmap(self.loss_fn, (0, None, None, 0))
+        evaluate = jax.jit(fn).lower(state.image, *args[1:]).compile()
+        return compiled, evaluate, time.perf_counter() - t0
+
+
+def build(
+    backbone: BackboneSpec,
+    loss: LossSpec,
+    optimizer: OptimizerSpec,
+    params: Params,
+    content: np.ndarray | None = None,
+    style: np.ndarray | Sequence[np.ndarray] | None = None,
+    *,
+    style_blend: Sequence[float] | None = None,
+    content_mask: np.ndarray | None = None,
+    style_masks: Sequence[np.ndarray | None] | None = None,
+    targets: dict[str, Any] | None = None,
+    batch: int | None = None,
+) -> Program:
+    """The network for ``loss``'s layers, its prepared ``params``, the targets of ``content`` and
+    ``style`` (:func:`compute_targets`; or ``targets`` given), the loss and the optimizer."""
+    model = make_model(backbone, loss)
+    prepared = trim_params(model, params)
+    if targets is None:
+        targets = compute_targets(
+            model, prepared, content, style, loss, style_blend, content_mask, style_masks
+        )
+    return Program(
+        model=model,
+        params=prepared,
+        targets=targets,
+        loss=loss,
+        optimizer=optimizer,
+        loss_fn=make_loss_fn(model, loss),
+        tx=make_optimizer(optimizer),
+        batch=batch,
+    )
 
 
 def save_checkpoint(path: str | Path, state: State) -> Path:
@@ -539,47 +537,32 @@ def stylize(
     Early stopping (``early_stop_patience`` > 0): the run ends when the total loss has not fallen
     by a relative ``early_stop_min_delta`` over ``early_stop_patience`` consecutive log rows."""
     writer = writer or MetricWriter()
-    model = make_model(backbone, loss)
-    params = trim_params(model, params)
-    targets = compute_targets(
-        model, params, content, style, loss, style_blend, content_mask, style_masks
+    prog = build(
+        backbone,
+        loss,
+        optimizer,
+        params,
+        content,
+        style,
+        style_blend=style_blend,
+        content_mask=content_mask,
+        style_masks=style_masks,
     )
-    weights = jax.device_put(loss.weights())
-    loss_fn = make_loss_fn(model, loss)
-    tx = make_optimizer(optimizer)
+    weights = prog.weights()
     k = steps_per_call or default_steps_per_call()
-
-    image0 = jnp.asarray(init, jnp.float32)
-    state = State(image0, tx.init(image0), jnp.zeros((), jnp.int32))
-    # Donation needs one buffer per leaf; optimizer inits may alias (e.g. one zeros array twice).
-    state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
-
+    state = prog.init_state(init)
     start = 0
     if resume_state is not None:
         state = restore_state(state, resume_state)
         start = int(resume_state["step"])
-
-    # Compile ahead of time (one executable per distinct call length) so compile time is
-    # reported apart from step time.
-    t0 = time.perf_counter()
-    ends = call_boundaries(steps, k, save_every, checkpoint_every)
-    ends = [e for e in ends if e > start]
-    compiled = compile_calls(
-        lambda n: make_update_fn(
-            loss_fn, tx, needs_value_fn=optimizer.needs_value_fn, steps_per_call=n
-        ),
-        (state, params, targets, weights),
-        ends,
-        start,
-    )
-    evaluate = jax.jit(loss_fn).lower(image0, params, targets, weights).compile()
-    compile_s = time.perf_counter() - t0
+    ends = [e for e in call_boundaries(steps, k, save_every, checkpoint_every) if e > start]
+    compiled, evaluate, compile_s = prog.compile(state, weights, ends, start)
 
     (out,) = drive_calls(
         compiled,
         evaluate,
         state,
-        (params, targets, weights),
+        (prog.params, prog.targets, weights),
         batched=False,
         writers=[writer],
         checkpoint_paths=[checkpoint_path],

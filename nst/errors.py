@@ -28,3 +28,10 @@ class DivergedError(NstError):
 
 class RunInterrupted(NstError):
     """SIGINT/SIGTERM stopped the run after writing a checkpoint (summary.json: "interrupted")."""
+
+
+def one_line(text: object) -> str:
+    """``text`` (an exception or any object) as one line: whitespace runs folded to a space; an
+    exception without a message gives its type's name."""
+    line = " ".join(str(text).split())
+    return line or (type(text).__name__ if isinstance(text, BaseException) else line)

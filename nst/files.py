@@ -1,22 +1,38 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file."""
+"""Files: atomic writes, the cache directory and HTTP downloads, each written once.
+
+A reader (or a crash) never sees a half-written file: everything goes to a temp file beside its
+destination and is renamed into place.
+"""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from nst.errors import NstError, one_line
+
+CHUNK = 1 << 20
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path`` and rename it into place."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(f)`` on a uniquely named temp file beside ``path``, fsync it and rename it
+    into place. Concurrent writers (a sweep's jobs caching the same weights) each produce a whole
+    file; the last rename wins."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -24,6 +40,82 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """``obj`` as indented JSON, written atomically."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def cache_root() -> Path:
+    """``$NST_CACHE_DIR``, else ``$XDG_CACHE_HOME/nst``, else ``~/.cache/nst`` (not created)."""
+    if os.environ.get("NST_CACHE_DIR"):
+        return Path(os.environ["NST_CACHE_DIR"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "nst"
+    return Path.home() / ".cache" / "nst"
+
+
+def cache_dir(error: type[NstError] = NstError) -> Path:
+    """:func:`cache_root`, created on first use; ``error`` (one line) when it cannot be used."""
+    path = cache_root()
+    reason = None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = err.strerror or str(err)
+    if reason is None and not os.access(path, os.W_OK | os.X_OK):
+        reason = "not writable"
+    if reason is not None:
+        raise error(
+            f"cannot use the nst cache directory {path} ({reason}); "
+            "set NST_CACHE_DIR (or XDG_CACHE_HOME) to a writable directory"
+        )
+    return path
+
+
+class DownloadError(NstError):
+    """A download failed; ``unreachable`` when the server could not be reached or the transfer
+    broke off (later downloads from it would fail too), not for HTTP errors or bad URLs."""
+
+    def __init__(self, message: str, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+def download(
+    url: str,
+    sink: Callable[[bytes], None],
+    *,
+    timeout: float = 30,
+    user_agent: str | None = None,
+    max_bytes: int | None = None,
+) -> None:
+    """Stream the body of ``url`` into ``sink`` chunk by chunk. Every failure (HTTP status,
+    unreachable host, timeout, truncated response, malformed URL, over ``max_bytes``) raises
+    :class:`DownloadError` with a one-line reason in parentheses after ``cannot download URL``."""
+    headers = {"User-Agent": user_agent} if user_agent else {}
+    try:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            total = 0
+            while chunk := response.read(CHUNK):
+                total += len(chunk)
+                if max_bytes is not None and total > max_bytes:
+                    raise DownloadError(f"cannot download {url} (larger than {max_bytes} bytes)")
+                sink(chunk)
+    except urllib.error.HTTPError as err:
+        raise DownloadError(
+            f"cannot download {url} (HTTP {err.code} {one_line(err.reason)})"
+        ) from err
+    except urllib.error.URLError as err:
+        raise DownloadError(f"cannot download {url} ({one_line(err.reason)})", True) from err
+    except (OSError, http.client.HTTPException) as err:
+        # OSError: timeouts and resets mid-transfer; HTTPException: truncated responses.
+        reason = one_line(err) or type(err).__name__
+        raise DownloadError(f"cannot download {url} ({reason})", True) from err
+    except ValueError as err:  # a malformed URL
+        raise DownloadError(f"cannot download {url} ({one_line(err)})") from err

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from nst.errors import ImageError
+from nst.errors import ImageError, one_line
 from nst.files import atomic_write_bytes
 
 SAMPLE_PREFIX = "sample:"
@@ -84,8 +84,39 @@ def load_image(spec: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         Image.DecompressionBombWarning,
         Image.DecompressionBombError,
     ) as e:
-        raise ImageError(f"{path}: cannot decode image ({_one_line(e)})") from None
+        raise ImageError(f"{path}: cannot decode image ({one_line(e)})") from None
     return np.asarray(rgb, dtype=np.float32)
+
+
+def load_any(image: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """:func:`load_image` for a path or ``sample:NAME``; also a PIL image, or an array
+    ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``: integer arrays in 0..255, float arrays in 0..1
+    when their maximum is at most 1, else in 0..255. Returns float32 RGB ``(H, W, 3)``."""
+    if isinstance(image, str | os.PathLike):
+        return load_image(image, max_pixels)
+    if isinstance(image, Image.Image):
+        w, h = image.size
+        if w * h > max_pixels:
+            raise ImageError(f"a {w}x{h} image exceeds the limit of {max_pixels} pixels")
+        return np.asarray(to_rgb(ImageOps.exif_transpose(image)), np.float32)
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim != 3 or a.shape[-1] not in (3, 4) or min(a.shape[:2]) < 1 or a.size == 0:
+        raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got {a.shape}")
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ImageError(f"an image array must hold numbers, got dtype {a.dtype}")
+    if a.shape[0] * a.shape[1] > max_pixels:
+        raise ImageError(f"a {a.shape[1]}x{a.shape[0]} image exceeds the limit of {max_pixels} pixels")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ImageError("an image array holds NaN or infinite values")
+    if np.issubdtype(np.asarray(image).dtype, np.floating) and a.max() <= 1.0:
+        a = a * 255.0
+    if a.shape[-1] == 4:  # composite on white, as files with alpha are
+        alpha = a[..., 3:] / 255.0
+        a = a[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    return np.clip(a, 0.0, 255.0).astype(np.float32)
 
 
 def _open_unguarded(path: Path) -> Image.Image:
@@ -145,7 +176,3 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     Image.fromarray(to_uint8(image)).save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__

@@ -1,17 +1,28 @@
-"""Optax optimizers for pixel optimization, built from plain values."""
+"""Optax optimizers for pixel optimization, chosen by name.
+
+``adam``, ``sgd`` (with a step-decay schedule) and ``lbfgs`` (zoom line search) have their own
+keys; any other optax optimizer is taken by name with ``kwargs`` (``optimizer.name=adamw
+optimizer.lr=5 '+optimizer.kwargs={weight_decay: 1e-4}'``). Learning rates are in pixel units
+(0..255). This dataclass is also the config schema of the ``optimizer`` group.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import optax
 
-OPTIMIZERS = ("adam", "lbfgs", "sgd")
+from nst.errors import ConfigError
+
+BUILTIN = ("adam", "lbfgs", "sgd")
 
 
-@dataclass(frozen=True)
+@dataclass
 class OptimizerSpec:
-    """Plain-value description of an optimizer. Learning rates are in pixel units (0..255)."""
+    """Plain-value description of an optimizer."""
 
     name: str = "adam"
     lr: float | None = 5.0
@@ -26,11 +37,40 @@ class OptimizerSpec:
     nesterov: bool = False
     decay_every: int = 0
     decay_rate: float = 0.5
+    # Keyword arguments of any other optax optimizer (optax.<name>(learning_rate=lr, **kwargs)).
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def needs_value_fn(self) -> bool:
         """optax.lbfgs' line search re-evaluates the loss, so its update takes ``value_fn``."""
         return self.name == "lbfgs"
+
+
+def optimizer_spec(values: dict[str, Any]) -> OptimizerSpec:
+    """Validated :class:`OptimizerSpec` from the ``optimizer`` config (one-line ConfigError)."""
+    known = {f.name for f in fields(OptimizerSpec)}
+    spec = OptimizerSpec(**{k: v for k, v in values.items() if k in known})
+    spec.name = str(getattr(spec.name, "value", spec.name))
+    spec.kwargs = dict(spec.kwargs or {})
+    if spec.name not in BUILTIN and not _optax_optimizer(spec.name):
+        raise ConfigError(
+            f"optimizer.name={spec.name!r} is neither {', '.join(BUILTIN)} nor an optax optimizer "
+            "(e.g. adamw, rmsprop, adabelief, lion)"
+        )
+    if spec.name != "lbfgs" and (spec.lr is None or not (math.isfinite(spec.lr) and spec.lr > 0)):
+        raise ConfigError(f"optimizer.lr must be > 0 for {spec.name}, got {spec.lr}")
+    return spec
+
+
+def _optax_optimizer(name: str) -> Any:
+    fn = getattr(optax, name, None)
+    if not callable(fn) or name.startswith("_"):
+        return None
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    return fn if "learning_rate" in params else None
 
 
 def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
@@ -52,7 +92,13 @@ def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
                 max_linesearch_steps=spec.max_linesearch_steps
             ),
         )
-    raise ValueError(f"unknown optimizer {spec.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    fn = _optax_optimizer(spec.name)
+    if fn is None:
+        raise ValueError(f"unknown optimizer {spec.name!r}; valid: {', '.join(BUILTIN)} or optax's")
+    try:
+        return fn(learning_rate=_lr(spec), **spec.kwargs)
+    except TypeError as e:
+        raise ConfigError(f"optimizer.kwargs do not fit optax.{spec.name}: {e}") from None
 
 
 def _lr(spec: OptimizerSpec) -> float:

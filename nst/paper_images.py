@@ -34,18 +34,15 @@ was not established). Files already in a folder are kept as they are (see ``over
 from __future__ import annotations
 
 import hashlib
-import http.client
 import io
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nst import __version__
-from nst.errors import ImageError, NstError
+from nst import __version__, files
+from nst.errors import ImageError, NstError, one_line
 from nst.files import atomic_write_bytes
 
 SCRIPT = "scripts/fetch_paper_images.py"
@@ -54,7 +51,6 @@ SUBDIR = "paper_images"
 USER_AGENT = f"nst/{__version__} (neural style transfer reproduction; Python urllib)"
 # The largest download accepted; the Commons originals listed here are a few MB each.
 MAX_BYTES = 200 * 1024 * 1024
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -200,17 +196,10 @@ NAMES: tuple[str, ...] = tuple(MANIFEST)
 
 
 def default_images_dir() -> Path:
-    """``<cache>/paper_images``, where ``<cache>`` is :func:`nst.weights.cache_dir`.
-
-    That is ``$NST_CACHE_DIR``, else ``$XDG_CACHE_HOME/nst``, else ``~/.cache/nst``. The
-    ``paper_images`` folder itself is created only by :func:`fetch`.
-    """
-    # Deferred: nst.weights imports JAX (about a second), which listing or fetching into an
-    # explicit folder does not need.
-    from nst.weights import cache_dir
-
+    """``<cache>/paper_images`` (:func:`nst.files.cache_dir`). The ``paper_images`` folder
+    itself is created only by :func:`fetch`."""
     try:
-        root = cache_dir()
+        root = files.cache_dir()
     except NstError as err:
         raise ImageError(f"{err}; or choose the images folder with --dest DIR") from err
     return root / SUBDIR
@@ -270,10 +259,6 @@ def require_images(
 # --- Verification and download. -------------------------------------------------------------
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def _digests(data: bytes) -> dict[str, str]:
     return {
         "md5": hashlib.md5(data, usedforsecurity=False).hexdigest(),
@@ -304,27 +289,12 @@ class _Unreachable(ImageError):
 
 def _download_bytes(url: str, timeout: float) -> bytes:
     """The body of ``url``; raises ImageError (one line) on any network or HTTP failure."""
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    buf = io.BytesIO()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            buf = io.BytesIO()
-            while chunk := response.read(_CHUNK):
-                buf.write(chunk)
-                if buf.tell() > MAX_BYTES:
-                    raise ImageError(f"cannot download {url} (larger than {MAX_BYTES} bytes)")
-            return buf.getvalue()
-    except urllib.error.HTTPError as err:
-        raise ImageError(
-            f"cannot download {url} (HTTP {err.code} {_one_line(err.reason)})"
-        ) from err
-    except urllib.error.URLError as err:
-        raise _Unreachable(f"cannot download {url} ({_one_line(err.reason)})") from err
-    except (OSError, http.client.HTTPException) as err:
-        # OSError: timeouts and resets mid-transfer; HTTPException: truncated responses.
-        reason = _one_line(err) or type(err).__name__
-        raise _Unreachable(f"cannot download {url} ({reason})") from err
-    except ValueError as err:  # a malformed URL
-        raise ImageError(f"cannot download {url} ({_one_line(err)})") from err
+        files.download(url, buf.write, timeout=timeout, user_agent=USER_AGENT, max_bytes=MAX_BYTES)
+    except files.DownloadError as err:
+        raise (_Unreachable if err.unreachable else ImageError)(str(err)) from err
+    return buf.getvalue()
 
 
 def _check_decodes(data: bytes) -> str | None:
@@ -334,7 +304,7 @@ def _check_decodes(data: bytes) -> str | None:
         with Image.open(io.BytesIO(data)) as im:
             im.verify()
     except Exception as err:  # PIL raises many unrelated types for undecodable data
-        return _one_line(err) or type(err).__name__
+        return one_line(err) or type(err).__name__
     return None
 
 
@@ -394,7 +364,7 @@ def fetch(
             try:
                 problem = checksum_mismatch(entry, path.read_bytes())
             except OSError as err:
-                errors.append(f"{name}: cannot read {path} ({_one_line(err.strerror or err)})")
+                errors.append(f"{name}: cannot read {path} ({one_line(err.strerror or err)})")
                 continue
             if problem is None:
                 checked = "checksum ok" if has_checksum(entry) else "no checksum to verify"
@@ -422,7 +392,7 @@ def fetch(
             errors.append(str(err))
             continue
         except OSError as err:
-            errors.append(f"{name}: cannot write {path} ({_one_line(err.strerror or err)})")
+            errors.append(f"{name}: cannot write {path} ({one_line(err.strerror or err)})")
             continue
         paths[name] = path
     if errors:

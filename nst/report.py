@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from nst.config import is_run_only
 from nst.files import atomic_write_bytes
 
 THUMB = 192
-SWEEP_EXCLUDE = ("hydra.", "progress", "debug", "resume")
 
 
 @dataclass
@@ -99,7 +99,7 @@ def find_jobs(sweep_dir: str | Path) -> list[Job]:
         if not (d.is_dir() and ov.exists()):
             continue
         overrides = {
-            k: v for k, v in _read_overrides(ov).items() if not k.startswith(SWEEP_EXCLUDE)
+            k: v for k, v in _read_overrides(ov).items() if not is_run_only(k)
         }
         num = _job_num(d)
         summary, error, status = {}, "", "incomplete"

@@ -1,7 +1,7 @@
-"""``run(cfg, run_dir)``: one style-transfer job from a composed config.
+"""``run(spec, run_dir)``: one style-transfer job, from a :class:`~nst.spec.RunSpec` to files.
 
-This is where DictConfig stops: the config is validated and turned into plain specs here, and
-everything below (engine, losses, weights, images) takes arrays and plain values.
+The CLI (:mod:`nst.app`) and the Python API (:func:`nst.stylize`) both come here after
+:meth:`RunSpec.from_config`; everything below takes arrays and plain values.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import platform
 import signal
@@ -17,137 +16,22 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 import nst
-from nst import images, vgg
-from nst.engine import BackboneSpec, Diverged, Interrupted, LossSpec, strip_blocks, stylize
-from nst.errors import ConfigError, DivergedError, ImageError, NstError, RunInterrupted
+from nst import images
+from nst.backbones import get_backbone
+from nst.engine import Diverged, Interrupted, stylize
+from nst.errors import ConfigError, DivergedError, ImageError, NstError, RunInterrupted, one_line
 from nst.files import atomic_write_bytes, atomic_write_json
-from nst.optim import OptimizerSpec
-from nst.writers import LocalWriter, MetricWriter, MultiWriter
-
-
-def _name(v: Any) -> str:
-    """Enum members (structured configs) and plain strings alike as their string value."""
-    return str(getattr(v, "value", v))
-
-
-def _weights(kind: str, mapping: Any) -> dict[str, float]:
-    out = {str(k): float(v) for k, v in dict(mapping).items()}
-    bad = {k: v for k, v in out.items() if not math.isfinite(v) or v < 0}
-    if bad:
-        raise ConfigError(
-            f"layers.{kind}: weights must be finite and >= 0, got "
-            + ", ".join(f"{k}={v}" for k, v in bad.items())
-        )
-    # A zero weight drops the layer (a preset's layer can be switched off from the command line).
-    return {k: v for k, v in out.items() if v > 0}
-
-
-def rectify(layers: dict[str, float]) -> dict[str, float]:
-    """conv{b}_{i} -> relu{b}_{i} (the rectified response of the same convolution)."""
-    return {("relu" + k[4:] if k.startswith("conv") else k): v for k, v in layers.items()}
-
-
-def authors_style_weights(arch: str, layers: dict[str, float]) -> dict[str, float]:
-    """w_l = 1e3 / N_l**2 with N_l the layer's channel count, as in the authors' released code
-    (leongatys/PytorchNeuralStyleTransfer: style_weights = [1e3/n**2 for n in [64,128,256,512,512]])."""
-    out = {}
-    for name in layers:
-        n = vgg.channels(arch, name)
-        out[name] = 1e3 / n**2
-    return out
-
-
-def effective_beta(loss_cfg: Any) -> float:
-    """β from ``loss.beta``, or from the paper's ratio: β = α·ab_scale/ab_ratio when
-    ``loss.ab_ratio`` is set (see nst/conf/impl/ for the calibrated ab_scale values)."""
-    ratio = loss_cfg.get("ab_ratio")
-    if ratio is None:
-        return float(loss_cfg.beta)
-    ratio = float(ratio)
-    if not math.isfinite(ratio) or ratio <= 0:
-        raise ConfigError(f"loss.ab_ratio (the paper's alpha/beta) must be > 0, got {ratio}")
-    return float(loss_cfg.alpha) * float(loss_cfg.ab_scale) / ratio
-
-
-def specs_from_config(cfg: DictConfig) -> tuple[BackboneSpec, LossSpec, OptimizerSpec]:
-    """Validate the parts of ``cfg`` the schema cannot and build the engine's plain specs."""
-    arch = _name(cfg.backbone.arch)
-    content_layers = _weights("content_layers", cfg.layers.content_layers)
-    style_layers = _weights("style_layers", cfg.layers.style_layers)
-    if not content_layers and not style_layers:
-        raise ConfigError(
-            "layers: content_layers and style_layers are both empty; name at least one layer"
-        )
-    try:  # the names as the user wrote them
-        vgg.validate_layers(arch, [*content_layers, *style_layers])
-    except ValueError as e:
-        raise ConfigError(f"layers: {e}") from None
-    if cfg.layers.get("rectified", False):
-        content_layers, style_layers = rectify(content_layers), rectify(style_layers)
-    if _name(cfg.layers.get("style_weighting", "preset")) == "authors":
-        style_layers = authors_style_weights(arch, style_layers)
-    for key in ("alpha", "beta", "tv", "ab_scale"):
-        v = float(cfg.loss[key])
-        if not math.isfinite(v) or v < 0:
-            raise ConfigError(f"loss.{key} must be finite and >= 0, got {v}")
-    loss = LossSpec(
-        content_layers=content_layers,
-        style_layers=style_layers,
-        alpha=float(cfg.loss.alpha),
-        beta=effective_beta(cfg.loss),
-        tv=float(cfg.loss.tv),
-        gram_norm=_name(cfg.loss.gram_norm),
-        content_norm=_name(cfg.loss.content_norm),
-        style_loss=_name(cfg.loss.get("style", "gram")),
-    )
-    o = cfg.optimizer
-    opt = OptimizerSpec(
-        name=_name(o.name),
-        lr=None if o.lr is None else float(o.lr),
-        b1=float(o.b1),
-        b2=float(o.b2),
-        eps=float(o.eps),
-        memory_size=int(o.memory_size),
-        max_linesearch_steps=int(o.max_linesearch_steps),
-        momentum=float(o.momentum),
-        nesterov=bool(o.nesterov),
-        decay_every=int(o.decay_every),
-        decay_rate=float(o.decay_rate),
-    )
-    if opt.name != "lbfgs" and (opt.lr is None or not opt.lr > 0):
-        raise ConfigError(f"optimizer.lr must be > 0 for {opt.name}, got {o.lr}")
-    backbone = BackboneSpec(
-        arch=arch,
-        pooling=_name(cfg.backbone.pooling),
-        dtype=cfg.backbone.dtype,
-        remat=bool(cfg.backbone.get("remat", False)),
-        strip_rows=_strip_rows(cfg.backbone.get("strip_rows", 128)),
-        conv=_conv_choice(cfg.backbone.get("conv", "auto")),
-    )
-    return backbone, loss, opt
-
-
-def _strip_rows(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"backbone.strip_rows must be an integer >= 0, got {value!r}")
-    return value
-
-
-def _conv_choice(value: Any) -> str:
-    from nst.vgg import CONV_CHOICES
-
-    if str(value) not in CONV_CHOICES:
-        raise ConfigError(f"backbone.conv must be one of {', '.join(CONV_CHOICES)}, got {value!r}")
-    return str(value)
+from nst.spec import RunSpec
+from nst.tracking import JobInfo, MetricWriter, TrackerContext, make_writer
 
 
 def make_init(
@@ -200,41 +84,16 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def estimate_memory(
-    arch: str, layers: list[str], hw: tuple[int, int], strip_blocks: int = 0, strip_rows: int = 0
-) -> int:
-    """Rough peak bytes of one float32 step on an ``hw`` image: 2.25 float32 buffers per
-    activation up to the deepest layer (XLA:CPU's compiled memory analysis of the VGG16 step
-    measured 1.76-1.82 at 384x512 and 768x1024; 25% margin), the image-sized buffers (pixels,
-    gradient, optimizer moments) and ~1 GiB for the process, weights and targets. With the first
-    ``strip_blocks`` blocks run in strips (remat), their activations count for one strip only."""
-    h, w = hw
-    acts = vgg.activation_count(arch, vgg.deepest_layer(arch, layers), h, w)
-    if strip_blocks:
-        t, _, halo = vgg.strip_layout(arch, strip_blocks, h, strip_rows)
-        strip_h = min(h, t * 2**strip_blocks) + 2 * halo
-        last = f"pool{strip_blocks}"
-        acts += vgg.activation_count(arch, last, strip_h, w) - vgg.activation_count(
-            arch, last, h, w
-        )
-    return int(4 * (2.25 * acts + 8 * h * w * 3)) + 2**30
-
-
-def check_memory(
-    arch: str,
-    layers: list[str],
-    original_hw: tuple[int, int],
-    size: int,
-    strip_blocks: int = 0,
-    strip_rows: int = 0,
-) -> None:
-    """Refuse sizes whose estimated memory exceeds what the machine has available."""
+def check_memory(spec: RunSpec, original_hw: tuple[int, int], size: int) -> None:
+    """Refuse sizes whose estimated step memory exceeds what the machine has available."""
     scale = size / max(original_hw)
     hw = (max(1, round(original_hw[0] * scale)), max(1, round(original_hw[1] * scale)))
-    need = estimate_memory(arch, layers, hw, strip_blocks, strip_rows)
+    backbone = get_backbone(spec.backbone.arch)
+    need = backbone.step_bytes(spec.backbone, spec.loss, hw)
     have = available_memory()
     if need > 0.9 * have:
-        hint = "" if strip_blocks else " or backbone.remat=true (~4x the pixels in the same memory)"
+        striped = backbone.strip_blocks(spec.backbone, spec.loss)
+        hint = "" if striped else " or backbone.remat=true (~4x the pixels in the same memory)"
         raise ConfigError(
             f"size={size} ({hw[1]}x{hw[0]} px) needs an estimated {need / 2**30:.1f} GiB, more than "
             f"the {have / 2**30:.1f} GiB available; use a smaller size{hint}"
@@ -243,61 +102,14 @@ def check_memory(
 
 def check_size(arch: str, layers: list[str], hw: tuple[int, int], size: int) -> None:
     """The deepest layer must keep at least one position after its poolings."""
-    need = 2 ** vgg.downsampling(arch, vgg.deepest_layer(arch, layers))
+    backbone = get_backbone(arch)
+    deepest = backbone.deepest_layer(layers)
+    need = 2 ** backbone.downsampling(deepest)
     if min(hw) < need:
         raise ConfigError(
             f"size={size} gives a {hw[1]}x{hw[0]} image whose shorter side is below {need} px, "
-            f"the minimum for layer {vgg.deepest_layer(arch, layers)}; use a larger size"
+            f"the minimum for layer {deepest}; use a larger size"
         )
-
-
-@dataclass
-class JobInfo:
-    """What Hydra knows about the job, as plain values (built in nst/app.py)."""
-
-    name: str | None = None  # from the overrides, e.g. "beta=1000,layers=gatys2016"
-    group: str | None = None  # the sweep, shared by all jobs of one `nst -m`
-    job_type: str = "default"  # the experiment's name
-    overrides: list[str] = field(default_factory=list)
-    choices: dict[str, str] = field(default_factory=dict)  # config group -> option
-    num: int | None = None
-
-
-WANDB_ID_FILE = "wandb_run_id"
-
-
-def make_writer(cfg: DictConfig, run_dir: Path, job: JobInfo, resume: bool = False) -> MetricWriter:
-    """Local files always; W&B in addition with ``logger=wandb`` (the core never imports it)."""
-    writers: list[MetricWriter] = [LocalWriter(run_dir)]
-    if _name(cfg.logger.name) == "wandb":
-        from nst.wandb_writer import WandbWriter, flatten
-
-        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-        config = flatten(resolved)
-        config.update({g: c for g, c in job.choices.items() if g in resolved or g == "experiment"})
-        beta = effective_beta(cfg.loss)
-        config["alpha_beta"] = float(cfg.loss.alpha) / beta if beta else float("inf")
-        config["loss.beta_effective"] = beta
-        config["overrides"] = ",".join(job.overrides)
-        lg = cfg.logger
-        w = WandbWriter.create(
-            run_dir=run_dir,
-            project=lg.project,
-            entity=lg.entity,
-            mode=None if lg.mode is None else _name(lg.mode),
-            tags=list(lg.tags),
-            name=job.name,
-            group=job.group,
-            job_type=job.job_type,
-            config=config,
-            log_images=bool(lg.log_images),
-            run_id=_read_text(run_dir / WANDB_ID_FILE) if resume else None,
-        )
-        if w is not None:
-            writers.append(w)
-            with contextlib.suppress(Exception):
-                atomic_write_bytes(run_dir / WANDB_ID_FILE, str(w.run.id).encode())
-    return MultiWriter(writers)
 
 
 @contextlib.contextmanager
@@ -320,10 +132,6 @@ def stop_on_signals():
             signal.signal(sig, h)
 
 
-def _read_text(path: Path) -> str | None:
-    return path.read_text().strip() if path.exists() else None
-
-
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep the metrics rows of steps before ``step`` (a resumed run logs the rest again)."""
     if not path.exists():
@@ -339,26 +147,34 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def run(
-    cfg: DictConfig,
-    run_dir: str | Path,
+    spec: RunSpec | DictConfig,
+    run_dir: str | Path | None,
     job: JobInfo | None = None,
     *,
     stylize_fn: Callable[..., Any] | None = None,
+    writers: list[MetricWriter] | None = None,
 ) -> dict[str, Any]:
-    """Run one job described by ``cfg``, writing everything into ``run_dir``; returns the summary.
-    ``stylize_fn`` replaces :func:`nst.engine.stylize` (the batched launcher's shared program).
+    """Run one job described by ``spec`` (a composed config is turned into one first, so its
+    mistakes are recorded like any other failure), writing everything into ``run_dir`` (None: no files,
+    the Python API's default); returns the summary, whose ``image`` key holds the final pixels
+    (``(H, W, 3)`` uint8, as in result.png). ``stylize_fn`` replaces
+    :func:`nst.engine.stylize` (the batched launcher's shared program); ``writers`` are extra
+    metric writers (the API's in-memory history).
 
     On failure nothing claims success: no result.png/summary.json; ``error.json`` records the
     message (the sweep report shows it) and the exception propagates.
     """
-    run_dir = Path(run_dir)
+    run_dir = None if run_dir is None else Path(run_dir)
     try:
-        return _run(cfg, run_dir, job or JobInfo(), stylize_fn or stylize)
+        if not isinstance(spec, RunSpec):
+            spec = RunSpec.from_config(spec)
+        return _run(spec, run_dir, job or JobInfo(), stylize_fn or stylize, writers or [])
     except BaseException as e:
+        if run_dir is None:
+            raise
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        msg = " ".join(str(e).split()) or type(e).__name__
         # An unwritable run directory may itself be the error being reported.
-        record = {"status": status, "error": msg, "type": type(e).__name__}
+        record = {"status": status, "error": one_line(e), "type": type(e).__name__}
         if not isinstance(e, NstError):
             record["traceback"] = traceback.format_exc()
         with contextlib.suppress(OSError):
@@ -367,21 +183,17 @@ def run(
 
 
 def _run(
-    cfg: DictConfig, run_dir: Path, job: JobInfo, stylize: Callable[..., Any]
+    spec: RunSpec,
+    run_dir: Path | None,
+    job: JobInfo,
+    stylize: Callable[..., Any],
+    extra_writers: list[MetricWriter],
 ) -> dict[str, Any]:
-
     t0 = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-    size = int(cfg.size)
-    if size <= 0:
-        raise ConfigError(f"size must be a positive number of pixels, got {size}")
-    if int(cfg.steps) < 0:
-        raise ConfigError(f"steps must be >= 0, got {cfg.steps}")
-    backbone, loss, opt = specs_from_config(cfg)
-    resume = bool(cfg.get("resume", False))
-    ckpt_path = run_dir / "checkpoint.npz"
+    ckpt_path = run_dir / "checkpoint.npz" if run_dir is not None else None
     resume_state = None
-    if resume:
+    if spec.resume and run_dir is not None:
         done = run_dir / "summary.json"
         if done.exists() and json.loads(done.read_text()).get("status") == "ok":
             print(f"nst: {run_dir} already finished; nothing to resume", flush=True)
@@ -392,31 +204,38 @@ def _run(
             resume_state = load_checkpoint(ckpt_path)
             truncate_metrics(run_dir / "metrics.jsonl", int(resume_state["step"]))
             print(f"nst: resuming {run_dir} from step {int(resume_state['step'])}", flush=True)
-    for stale in ("error.json", "summary.json", "interrupted.png", "last_finite.png"):
-        (run_dir / stale).unlink(missing_ok=True)
+    if run_dir is not None:
+        for stale in ("error.json", "summary.json", "interrupted.png", "last_finite.png"):
+            (run_dir / stale).unlink(missing_ok=True)
 
     # Trackers start first, so that a job failing on its inputs is recorded there too.
-    writer = make_writer(cfg, run_dir, job, resume=resume_state is not None)
+    ctx = TrackerContext(
+        run_dir=run_dir,
+        job=job,
+        config=spec.config,
+        alpha_beta=spec.alpha_beta,
+        beta=spec.loss.beta,
+        resume=resume_state is not None,
+    )
+    writer = make_writer(spec.trackers, ctx)
+    writer.writers.extend(extra_writers)
     try:
-        prepared = _prepare(cfg, backbone, loss, size)
+        prepared = _prepare(spec)
     except BaseException as e:
-        writer.write_summary({"status": "failed", "error": _one_line(e)})
+        writer.write_summary({"status": "failed", "error": one_line(e)})
         writer.close(1)
         raise
     init, params, winfo, backbone, content_raw, styles_raw, sizes, levels = prepared
-    specs, blend = style_specs(cfg)
     with stop_on_signals() as stop:
         exit_code = 1
         try:
             try:
                 result, final_inputs = _optimize(
-                    cfg,
+                    spec,
                     stylize,
                     init,
                     params,
                     backbone=backbone,
-                    loss=loss,
-                    opt=opt,
                     writer=writer,
                     ckpt_path=ckpt_path,
                     resume_state=resume_state,
@@ -425,27 +244,32 @@ def _run(
                     levels=levels,
                 )
             except Diverged as d:
-                raise _record_divergence(d, cfg, run_dir, t0) from None
+                raise _record_divergence(d, spec, run_dir, t0) from None
             except Interrupted as i:
-                images.save_image(i.image, run_dir / "interrupted.png")
+                where = "nowhere (no run directory)"
+                if run_dir is not None:
+                    images.save_image(i.image, run_dir / "interrupted.png")
+                    where = str(run_dir)
                 msg = (
-                    f"interrupted at step {i.step}; checkpoint and image saved in {run_dir}; "
+                    f"interrupted at step {i.step}; checkpoint and image saved in {where}; "
                     "continue with the same command plus resume=true"
                 )
-                atomic_write_json(
-                    run_dir / "summary.json",
-                    {"status": "interrupted", "step": i.step, "error": msg},
-                )
+                if run_dir is not None:
+                    atomic_write_json(
+                        run_dir / "summary.json",
+                        {"status": "interrupted", "step": i.step, "error": msg},
+                    )
                 raise RunInterrupted(msg) from None
             wall = time.perf_counter() - t0
+            result_path = str(run_dir / "result.png") if run_dir is not None else None
             summary = {
                 "status": "ok",
                 "steps": result.steps,
                 "loss": {
-                    "alpha": loss.alpha,
-                    "beta": loss.beta,
-                    "tv": loss.tv,
-                    "ab_ratio": cfg.loss.get("ab_ratio"),
+                    "alpha": spec.loss.alpha,
+                    "beta": spec.loss.beta,
+                    "tv": spec.loss.tv,
+                    "ab_ratio": spec.ab_ratio,
                 },
                 "final": result.final_metrics,
                 "initial": result.initial_metrics,
@@ -461,27 +285,27 @@ def _run(
                     **winfo,
                 },
                 "content": {
-                    "path": str(images.resolve_path(cfg.content)),
+                    "path": _describe(spec.content),
                     "original_hw": list(content_raw.shape[:2]),
                     "hw": list(final_inputs.content.shape[:2]),
                 },
                 "style": {
-                    "path": _one_or_list([str(images.resolve_path(x)) for x in specs]),
+                    "path": _one_or_list([_describe(x) for x in spec.styles]),
                     "original_hw": _one_or_list([list(x.shape[:2]) for x in styles_raw]),
                     "hw": _one_or_list([list(x.shape[:2]) for x in final_inputs.styles]),
-                    "blend": blend,
-                    "scale": float(cfg.get("style_scale", 1.0)),
+                    "blend": spec.style_blend,
+                    "scale": spec.style_scale,
                 },
-                "color": _name(cfg.get("color", "none")),
+                "color": spec.color,
                 "pyramid": sizes,
-                "result": str(run_dir / "result.png"),
-                "seed": int(cfg.seed),
+                "result": result_path,
+                "seed": spec.seed,
                 "started_at": started_at,
                 "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "pid": os.getpid(),
                 "job": {"name": job.name, "group": job.group, "overrides": job.overrides},
                 "versions": _versions(),
-                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                "config": spec.config,
             }
             writer.write_result(result.steps, result.image)
             writer.write_summary(
@@ -493,24 +317,28 @@ def _run(
                     "compile_s": result.compile_s,
                 }
             )
-            # result.png, then summary.json last: a summary means the run is complete.
-            images.save_image(result.image, run_dir / "result.png")
-            atomic_write_json(run_dir / "summary.json", summary)
-            ckpt_path.unlink(missing_ok=True)  # finished: the result supersedes the checkpoint
+            if run_dir is not None:
+                # result.png, then summary.json last: a summary means the run is complete.
+                images.save_image(result.image, run_dir / "result.png")
+                atomic_write_json(run_dir / "summary.json", summary)
+                ckpt_path.unlink(missing_ok=True)  # the result supersedes the checkpoint
             exit_code = 0
         except BaseException as e:
             status = {DivergedError: "diverged", RunInterrupted: "interrupted"}.get(
                 type(e), "failed"
             )
-            writer.write_summary({"status": status, "error": _one_line(e)})
+            writer.write_summary({"status": status, "error": one_line(e)})
             raise
         finally:
             writer.close(exit_code)
-    return summary
+    return {**summary, "image": images.to_uint8(result.image)}
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+def _describe(image: Any) -> str:
+    """An input as summary.json records it: the file's path, or what was handed in."""
+    if isinstance(image, str | os.PathLike):
+        return str(images.resolve_path(str(image)))
+    return f"<{type(image).__name__}>"
 
 
 def _one_or_list(xs: list) -> Any:
@@ -533,16 +361,14 @@ class LevelWriter(MetricWriter):
 
 
 def _optimize(
-    cfg: DictConfig,
+    spec: RunSpec,
     stylize: Callable[..., Any],
     init: np.ndarray,
     params: Any,
     *,
-    backbone: BackboneSpec,
-    loss: LossSpec,
-    opt: OptimizerSpec,
+    backbone: Any,
     writer: MetricWriter,
-    ckpt_path: Path,
+    ckpt_path: Path | None,
     resume_state: Any,
     should_stop: Callable[[], bool],
     sizes: list[int],
@@ -555,13 +381,11 @@ def _optimize(
     result's luminance is put back together with the content's colours."""
     from nst import color
 
-    _, blend = style_specs(cfg)
-    per_level = level_steps(cfg, len(sizes))
     result, lv = None, None
     offset = 0
     for k, (size_k, lv) in enumerate(zip(sizes, levels, strict=True)):
         last = k == len(sizes) - 1
-        steps = per_level[k]
+        steps = spec.pyramid_steps[k]
         if result is not None:
             init = images.resize_to(result.image, lv.content.shape[:2])
         w = writer if len(sizes) == 1 else LevelWriter(writer, k, size_k, offset)
@@ -572,60 +396,28 @@ def _optimize(
             init,
             params,
             backbone=backbone,
-            loss=loss,
-            optimizer=opt,
+            loss=spec.loss,
+            optimizer=spec.optimizer,
             steps=steps,
-            log_every=max(1, int(cfg.log_every)),
-            save_every=int(cfg.save_every) if last else 0,
-            steps_per_call=int(cfg.steps_per_call),
+            log_every=spec.log_every,
+            save_every=spec.save_every if last else 0,
+            steps_per_call=spec.steps_per_call,
             writer=w,
-            progress=bool(cfg.progress),
+            progress=spec.progress,
             checkpoint_path=ckpt_path if last else None,
-            checkpoint_every=int(cfg.get("checkpoint_every", 0)) if last else 0,
+            checkpoint_every=spec.checkpoint_every if last and ckpt_path is not None else 0,
             resume_state=resume_state if last else None,
             should_stop=should_stop,
-            early_stop_patience=int(cfg.early_stop.patience),
-            early_stop_min_delta=float(cfg.early_stop.min_delta),
-            style_blend=blend,
+            early_stop_patience=spec.early_stop_patience,
+            early_stop_min_delta=spec.early_stop_min_delta,
+            style_blend=spec.style_blend,
             content_mask=lv.content_mask,
             style_masks=lv.style_masks,
         )
     assert result is not None and lv is not None
-    if _name(cfg.get("color", "none")) == "luminance":
+    if spec.color == "luminance":
         result.image = color.recombine(result.image, lv.content_rgb)
     return result, lv
-
-
-def style_specs(cfg: DictConfig) -> tuple[list[str], list[float] | None]:
-    """``style`` as a list of image specs and ``style_blend`` as weights (None: one style)."""
-    raw = cfg.style
-    specs = [str(x) for x in raw] if isinstance(raw, list | tuple | ListConfig) else [str(raw)]
-    if not specs:
-        raise ConfigError("style: name at least one style image")
-    blend = cfg.get("style_blend")
-    if blend is None:
-        return specs, None if len(specs) == 1 else [1.0 / len(specs)] * len(specs)
-    weights = [float(w) for w in blend]
-    if len(weights) != len(specs):
-        raise ConfigError(
-            f"style_blend has {len(weights)} weights for {len(specs)} style images; give one each"
-        )
-    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(f"style_blend weights must be >= 0 and not all 0, got {weights}")
-    return specs, weights
-
-
-def level_steps(cfg: DictConfig, levels: int) -> list[int]:
-    """Steps of each pyramid level: ``pyramid.steps`` or ``steps`` at every level."""
-    given = cfg.pyramid.get("steps")
-    if given is None:
-        return [int(cfg.steps)] * levels
-    steps = [int(x) for x in given]
-    if len(steps) != levels or any(x < 0 for x in steps):
-        raise ConfigError(
-            f"pyramid.steps must list {levels} step counts >= 0 (one per level), got {steps}"
-        )
-    return steps
 
 
 def pyramid_sizes(size: int, levels: int, factor: float) -> list[int]:
@@ -650,151 +442,116 @@ class Inputs:
 
 
 def level_inputs(
-    cfg: DictConfig, content_raw: np.ndarray, styles_raw: list[np.ndarray], size: int
+    spec: RunSpec, content_raw: np.ndarray, styles_raw: list[np.ndarray], size: int
 ) -> Inputs:
     """Content resized to ``size`` and the styles to the content's longest side times
     ``style_scale`` (the paper resizes the style to the content: scale 1), then the colour mode."""
     from nst import color
 
-    scale = float(cfg.get("style_scale", 1.0))
-    if not math.isfinite(scale) or scale <= 0:
-        raise ConfigError(f"style_scale must be > 0, got {scale}")
     content = images.resize_longest(content_raw, size)
-    side = max(1, round(max(content.shape[:2]) * scale))
+    side = max(1, round(max(content.shape[:2]) * spec.style_scale))
     styles = [images.resize_longest(s, side) for s in styles_raw]
-    cmask, smasks = _masks(cfg, content, styles)
-    mode = _name(cfg.get("color", "none"))
-    if mode == "histogram":
+    cmask, smasks = _masks(spec, content, styles)
+    if spec.color == "histogram":
         styles = [color.match_histogram(s, content) for s in styles]
         return Inputs(content, styles, content, cmask, smasks)
-    if mode == "luminance":
+    if spec.color == "luminance":
         grey = [color.luminance_pair(content, s) for s in styles]
         return Inputs(grey[0][0], [g[1] for g in grey], content, cmask, smasks)
     return Inputs(content, styles, content, cmask, smasks)
 
 
-def _mask(spec: str, hw: tuple[int, int]) -> np.ndarray:
+def _mask(image: Any, hw: tuple[int, int], max_pixels: int) -> np.ndarray:
     """A mask image as ``hw`` floats in 0..1 (grey level / 255)."""
-    img = images.load_image(spec)
+    img = images.load_any(image, max_pixels)
     return images.resize_to(img, hw).mean(axis=-1) / 255.0
 
 
 def _masks(
-    cfg: DictConfig, content: np.ndarray, styles: list[np.ndarray]
+    spec: RunSpec, content: np.ndarray, styles: list[np.ndarray]
 ) -> tuple[np.ndarray | None, list[np.ndarray | None] | None]:
-    cspec, sspec = cfg.get("content_mask"), cfg.get("style_mask")
-    if cspec is None:
-        if sspec is not None:
-            raise ConfigError("style_mask needs content_mask (which region each style goes to)")
+    if spec.content_mask is None:
         return None, None
-    if len(styles) > 2:
-        raise ConfigError(f"content_mask routes 1 or 2 style images, got {len(styles)}")
-    if cfg.get("style_blend") is not None:
-        raise ConfigError("style_blend and content_mask exclude each other (masks route styles)")
-    if _name(cfg.loss.get("style", "gram")) != "gram":
-        raise ConfigError("content_mask works with loss.style=gram")
     smasks: list[np.ndarray | None] = [None] * len(styles)
-    if sspec is not None:
-        specs = list(sspec) if isinstance(sspec, list | tuple | ListConfig) else [sspec]
-        if len(specs) != len(styles):
-            raise ConfigError(f"style_mask has {len(specs)} entries for {len(styles)} styles")
+    if spec.style_masks is not None:
         smasks = [
-            None if m is None else _mask(str(m), s.shape[:2])
-            for m, s in zip(specs, styles, strict=True)
+            None if m is None else _mask(m, s.shape[:2], spec.max_pixels)
+            for m, s in zip(spec.style_masks, styles, strict=True)
         ]
-    return _mask(str(cspec), content.shape[:2]), smasks
+    return _mask(spec.content_mask, content.shape[:2], spec.max_pixels), smasks
 
 
-def _prepare(cfg: DictConfig, backbone: BackboneSpec, loss: LossSpec, size: int) -> tuple:
+def _prepare(spec: RunSpec) -> tuple:
     """Images (checked), the coarsest level's inputs and initial image, and the weights."""
-    from nst.weights import resolve_params  # heavy (onnx, h5py): import only when running
-
-    max_pixels = int(cfg.max_pixels)
-    _check_paper_images(cfg)
-    specs, _ = style_specs(cfg)
-    content_raw = images.load_image(cfg.content, max_pixels)
-    styles_raw = [images.load_image(s, max_pixels) for s in specs]
-    strips = strip_blocks(backbone, loss)
-    check_memory(
-        backbone.arch, loss.layers, content_raw.shape[:2], size, strips, backbone.strip_rows
-    )
-    sizes = pyramid_sizes(size, int(cfg.pyramid.levels), float(cfg.pyramid.scale_factor))
-    level_steps(cfg, len(sizes))  # fail early on a bad list
+    _check_paper_images(spec)
+    content_raw = images.load_any(spec.content, spec.max_pixels)
+    styles_raw = [images.load_any(s, spec.max_pixels) for s in spec.styles]
+    check_memory(spec, content_raw.shape[:2], spec.size)
+    sizes = pyramid_sizes(spec.size, spec.pyramid_levels, spec.pyramid_scale_factor)
     # Every level's inputs once (resizing, colour mode, masks), checked before any work.
-    levels = [level_inputs(cfg, content_raw, styles_raw, s) for s in sizes]
+    levels = [level_inputs(spec, content_raw, styles_raw, s) for s in sizes]
+    loss = spec.loss
     for s, lv in zip(sizes, levels, strict=True):
-        check_size(backbone.arch, loss.layers, lv.content.shape[:2], s)
+        check_size(spec.backbone.arch, loss.layers, lv.content.shape[:2], s)
         for st in lv.styles:
-            check_size(backbone.arch, loss.style_layers or loss.layers, st.shape[:2], s)
+            check_size(spec.backbone.arch, loss.style_layers or loss.layers, st.shape[:2], s)
     first = levels[0]
+    i = spec.init
     init = make_init(
-        _name(cfg.init.name),
+        i.name,
         first.content,
         first.styles[0],
-        seed=int(cfg.seed),
-        distribution=_name(cfg.init.distribution),
-        scale=float(cfg.init.scale),
-        mix=float(cfg.init.mix),
-        path=cfg.init.path,
-        max_pixels=max_pixels,
+        seed=spec.seed,
+        distribution=i.distribution,
+        scale=i.scale,
+        mix=i.mix,
+        path=i.path,
+        max_pixels=spec.max_pixels,
     )
-
-    params, winfo = resolve_params(
-        backbone.arch,
-        _name(cfg.backbone.weights),
-        cfg.backbone.weights_path,
-        int(cfg.backbone.seed),
-        url=cfg.backbone.url,
-    )
-    if bool(cfg.backbone.get("normalized", False)):
-        from nst.normalize import normalized_params
-
-        try:
-            params, ninfo = normalized_params(
-                params,
-                backbone.arch,
-                winfo["preprocessing"],
-                [str(s) for s in cfg.backbone.normalize_images],
-                int(cfg.backbone.normalize_size),
-            )
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        winfo = {**winfo, "normalized": ninfo}
-    backbone = dataclasses.replace(backbone, preprocessing=winfo["preprocessing"])
+    params, winfo = get_backbone(spec.backbone.arch).load(spec.weights)
+    backbone = dataclasses.replace(spec.backbone, preprocessing=winfo["preprocessing"])
     return init, params, winfo, backbone, content_raw, styles_raw, sizes, levels
 
 
-def _record_divergence(d: Diverged, cfg: DictConfig, run_dir: Path, t0: float) -> DivergedError:
+def _record_divergence(
+    d: Diverged, spec: RunSpec, run_dir: Path | None, t0: float
+) -> DivergedError:
     """Keep the last finite image and a summary that says diverged (never ok); no result.png."""
-    images.save_image(d.image, run_dir / "last_finite.png")
+    where = "not saved (no run directory)"
+    if run_dir is not None:
+        images.save_image(d.image, run_dir / "last_finite.png")
+        where = str(run_dir / "last_finite.png")
     msg = (
         f"diverged at step {d.step}: the loss or the pixels became non-finite; the last finite "
-        f"image is {run_dir / 'last_finite.png'} (lower optimizer.lr or the loss weights)"
+        f"image is {where} (lower optimizer.lr or the loss weights)"
     )
-    atomic_write_json(
-        run_dir / "summary.json",
-        {
-            "status": "diverged",
-            "step": d.step,
-            "error": msg,
-            "last": d.metrics,
-            "wall_s": time.perf_counter() - t0,
-            "seed": int(cfg.seed),
-            "versions": _versions(),
-            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        },
-    )
+    if run_dir is not None:
+        atomic_write_json(
+            run_dir / "summary.json",
+            {
+                "status": "diverged",
+                "step": d.step,
+                "error": msg,
+                "last": d.metrics,
+                "wall_s": time.perf_counter() - t0,
+                "seed": spec.seed,
+                "versions": _versions(),
+                "config": spec.config,
+            },
+        )
     return DivergedError(msg)
 
 
-def _check_paper_images(cfg: DictConfig) -> None:
+def _check_paper_images(spec: RunSpec) -> None:
     """Paper images missing from images_dir: say how to fetch them (one line), not just 'no file'."""
     from nst.paper_images import missing_images_message
 
-    images_dir = Path(str(cfg.get("images_dir", ""))).expanduser()
+    images_dir = Path(spec.images_dir).expanduser()
     missing = []
-    for spec in (cfg.content, cfg.style):
-        p = Path(str(spec)).expanduser()
+    for item in (spec.content, *spec.styles):
+        if not isinstance(item, str):
+            continue
+        p = Path(item).expanduser()
         if p.parent == images_dir and not p.exists():
             missing.append(p.name)
     if missing:

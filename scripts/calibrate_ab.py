@@ -34,7 +34,7 @@ from nst.engine import (
     trim_params,
 )
 from nst.run import make_init, specs_from_config
-from nst.weights import resolve_params
+from nst.backbones.weights import resolve_params
 
 PAPER_RATIO = 1e-3  # Gatys et al. 2016, Sec. 3 / Fig. 3: the typical alpha/beta
 

@@ -22,7 +22,7 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
 import numpy as np
 import pytest
 
-from nst import vgg
+from nst.backbones import vgg
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = REPO.parent / "shared" / "images"

@@ -13,7 +13,7 @@ from PIL import Image
 from nst import batch
 from nst.engine import BackboneSpec, Diverged, LossSpec, RunResult, stylize
 from nst.optim import OptimizerSpec
-from nst.writers import MetricWriter
+from nst.tracking.base import MetricWriter
 from tests.conftest import random_params, smooth_image
 from tests.test_cli import nst
 from tests.test_sweep import FAST

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from nst import bench
-from nst.vgg import conv_shapes
+from nst.backbones.vgg import conv_shapes
 from tests.conftest import REPO
 
 

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 
 from nst import color, losses
@@ -97,9 +96,15 @@ def test_blend_weights_one_zero_equal_the_single_style_run(style_loss):
     assert np.abs(other.image - single.image).max() > 0.5  # the second style does something
 
 
+def _spec(*overrides: str):
+    import nst
+    from nst.spec import RunSpec
+
+    return RunSpec.from_config(nst.load_config(list(overrides)))
+
+
 def test_style_scale_and_pyramid_sizes():
-    cfg = OmegaConf.create({"style_scale": 0.5, "color": "none"})
-    lv = level_inputs(cfg, smooth_image(60, 80, 1), [smooth_image(90, 90, 2)], 64)
+    lv = level_inputs(_spec("style_scale=0.5"), smooth_image(60, 80, 1), [smooth_image(90, 90, 2)], 64)
     assert lv.content.shape[:2] == (48, 64) and lv.styles[0].shape[:2] == (32, 32)
     assert pyramid_sizes(256, 3, 2.0) == [64, 128, 256]
     assert pyramid_sizes(256, 1, 2.0) == [256]
@@ -193,46 +198,45 @@ def test_content_mask_routes_each_style_to_its_region():
     assert left > 20 and right < -20, (left, right)
 
 
+TWO = "style=[sample:ihc,sample:coffee]"
+
+
 @pytest.mark.parametrize(
-    "cfg, match",
+    "overrides, match",
     [
-        ({"style_mask": "sample:coins"}, "style_mask needs content_mask"),
-        ({"content_mask": "sample:coins", "style_blend": [0.5, 0.5]}, "exclude each other"),
-        ({"content_mask": "sample:coins", "style_mask": ["sample:coins"]}, "1 entries for 2"),
-        ({"content_mask": "sample:coins", "loss": {"style": "mean_cov"}}, "loss.style=gram"),
+        (["style_mask=sample:coins"], "style_mask needs content_mask"),
+        (["content_mask=sample:coins", TWO, "style_blend=[0.5,0.5]"], "exclude each other"),
+        (["content_mask=sample:coins", TWO, "style_mask=[sample:coins]"], "1 entries for 2"),
+        (["content_mask=sample:coins", "loss.style=mean_cov"], "loss.style=gram"),
     ],
 )
-def test_mask_config_errors(cfg, match):
+def test_mask_config_errors(overrides, match):
     from nst.errors import ConfigError
 
-    base = {"style_scale": 1.0, "color": "none", "loss": {"style": "gram"}}
-    c = OmegaConf.create({**base, **cfg})
-    styles = [smooth_image(20, 20, 1), smooth_image(20, 20, 2)]
     with pytest.raises(ConfigError, match=match):
-        level_inputs(c, smooth_image(30, 40, 3), styles, 40)
+        _spec(*overrides)
 
 
 def test_pyramid_steps_per_level():
     from nst.errors import ConfigError
-    from nst.run import level_steps
 
-    cfg = OmegaConf.create({"steps": 7, "pyramid": {"steps": None}})
-    assert level_steps(cfg, 3) == [7, 7, 7]
-    cfg.pyramid.steps = [30, 10, 3]
-    assert level_steps(cfg, 3) == [30, 10, 3]
+    assert _spec("steps=7", "pyramid.levels=3").pyramid_steps == [7, 7, 7]
+    assert _spec("pyramid.levels=3", "pyramid.steps=[30,10,3]").pyramid_steps == [30, 10, 3]
     with pytest.raises(ConfigError, match="one per level"):
-        level_steps(cfg, 2)
+        _spec("pyramid.levels=2", "pyramid.steps=[30,10,3]")
 
 
 def test_2048_px_fits_20_gib_and_absurd_sizes_do_not(monkeypatch):
     """High resolution: the memory check lets a 2048 px VGG16 step through on a 20 GiB machine
     (the README's 2048 px run peaked at 11.6 GiB RSS) and refuses 8192 px."""
     from nst import run as nrun
+    from nst.backbones import get_backbone
     from nst.errors import ConfigError
 
     monkeypatch.setattr(nrun, "available_memory", lambda: 20 * 2**30)
-    layers = LossSpec().layers
-    assert nrun.estimate_memory("vgg16", layers, (1362, 2048)) < 16 * 2**30
-    nrun.check_memory("vgg16", layers, (300, 451), 2048)
+    spec = _spec()
+    step_bytes = get_backbone("vgg16").step_bytes(spec.backbone, spec.loss, (1362, 2048))
+    assert step_bytes < 16 * 2**30
+    nrun.check_memory(spec, (300, 451), 2048)
     with pytest.raises(ConfigError, match="GiB"):
-        nrun.check_memory("vgg16", layers, (300, 451), 8192)
+        nrun.check_memory(spec, (300, 451), 8192)

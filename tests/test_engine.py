@@ -18,7 +18,7 @@ from nst.engine import (
     trim_params,
 )
 from nst.optim import OptimizerSpec, make_optimizer
-from nst.writers import MetricWriter
+from nst.tracking.base import MetricWriter
 from tests.conftest import smooth_image
 
 SMALL = LossSpec(

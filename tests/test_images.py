@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from nst import images
-from nst.errors import ImageError, NstError
+from nst.errors import ImageError, NstError, one_line
 from nst.images import load_image, resize_longest, resize_to, save_image, to_uint8
 
 PIL_LIMIT = Image.MAX_IMAGE_PIXELS
@@ -319,8 +319,8 @@ def test_truncated_jpeg(tmp_path):
 
 def test_decoder_messages_are_flattened_to_one_line():
     # PIL/decoder messages can span lines; load_image folds them into its one-line error.
-    assert images._one_line(OSError("broken\n  data\tat byte 7")) == "broken data at byte 7"
-    assert images._one_line(ValueError("")) == "ValueError"
+    assert one_line(OSError("broken\n  data\tat byte 7")) == "broken data at byte 7"
+    assert one_line(ValueError("")) == "ValueError"
 
 
 def test_over_max_pixels(tmp_path):

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst import normalize
-from nst.vgg import VGG, conv_layer_names
+from nst.backbones import normalize
+from nst.backbones.vgg import VGG, conv_layer_names
 from tests.conftest import random_params, smooth_image
 
 

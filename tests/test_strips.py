@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst import engine, losses, vgg
+from nst import engine, losses
+from nst.backbones import vgg
+from nst.backbones.weights import random_params
 from nst.engine import BackboneSpec, LossSpec, compute_targets, make_loss_fn, make_model
-from nst.weights import random_params
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_striped_blocks_give_only_grams(params):
 def test_strip_blocks_rule():
     loss = LossSpec()  # content relu4_2, style relu1_1..relu5_1
     remat = BackboneSpec(remat=True)
-    assert engine.strip_blocks(remat, loss) == engine.STRIP_BLOCKS_MAX == 3
+    assert engine.strip_blocks(remat, loss) == vgg.STRIP_BLOCKS_MAX == 3
     assert engine.strip_blocks(BackboneSpec(), loss) == 0  # no remat: whole image
     c22 = dataclasses.replace(loss, content_layers={"relu2_2": 1.0})
     assert engine.strip_blocks(remat, c22) == 1  # a content layer needs its whole activation
@@ -134,15 +135,20 @@ def test_loss_and_gradient_with_strips_equal_whole_image(params):
 
 def test_memory_estimate_counts_one_strip(monkeypatch):
     """With strips, the run's memory check lets remat through at sizes it refuses without."""
+    import dataclasses
+
+    import nst
     from nst import run as nrun
     from nst.errors import ConfigError
+    from nst.spec import RunSpec
 
     monkeypatch.setattr(nrun, "available_memory", lambda: 20 * 2**30)
-    loss = LossSpec()
-    strips = engine.strip_blocks(BackboneSpec(remat=True), loss)
-    whole = nrun.estimate_memory("vgg16", loss.layers, (3072, 4096))
-    striped = nrun.estimate_memory("vgg16", loss.layers, (3072, 4096), strips, 128)
+    spec = RunSpec.from_config(nst.load_config(["backbone.remat=true"]))
+    plain = dataclasses.replace(spec.backbone, remat=False)
+    whole = vgg.VGG16.step_bytes(plain, spec.loss, (3072, 4096))
+    striped = vgg.VGG16.step_bytes(spec.backbone, spec.loss, (3072, 4096))
     assert striped < 16 * 2**30 < 20 * 2**30 < whole
-    nrun.check_memory("vgg16", loss.layers, (300, 400), 4096, strips, 128)
+    nrun.check_memory(spec, (300, 400), 4096)
+    spec.backbone = plain
     with pytest.raises(ConfigError, match="GiB.*backbone.remat=true"):
-        nrun.check_memory("vgg16", loss.layers, (300, 400), 4096)
+        nrun.check_memory(spec, (300, 400), 4096)

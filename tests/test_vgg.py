@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst import vgg
+from nst.backbones import vgg
 from tests.conftest import random_params, smooth_image
 
 

@@ -1,4 +1,4 @@
-"""Tests for nst.weights: formats, layout conversion, checksums, caching and downloads.
+"""Tests for nst.backbones.weights: formats, layout conversion, checksums, caching and downloads.
 
 Synthetic files are written with independent writers (onnx.helper, h5py, safetensors.numpy) so
 the readers are checked against the formats themselves, not against our own writer.
@@ -23,9 +23,9 @@ import pytest
 from onnx import helper, numpy_helper
 from safetensors.numpy import load_file, save_file
 
-from nst import weights
+from nst.backbones import weights
+from nst.backbones.vgg import BLOCKS, conv_layer_names, conv_shapes
 from nst.errors import WeightsError
-from nst.vgg import BLOCKS, conv_layer_names, conv_shapes
 
 TINY_CHANNELS = (2, 3, 4, 5, 6)
 

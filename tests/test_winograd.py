@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst import vgg, winograd
+from nst.backbones import vgg, winograd
 from nst.engine import BackboneSpec, LossSpec, features, make_model, trim_params
 from tests.conftest import smooth_image
 

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from nst import wandb_writer
-from nst.wandb_writer import WandbWriter, default_mode, flatten
-from nst.writers import LocalWriter, MetricWriter, MultiWriter
+from nst.tracking import wandb_tracker as wandb_writer
+from nst.tracking.base import LocalWriter, MetricWriter, MultiWriter
+from nst.tracking.wandb_tracker import WandbWriter, default_mode, flatten
 
 
 class Recorder(MetricWriter):

@@ -1,4 +1,4 @@
-"""Weights & Biases behind the :class:`~nst.writers.MetricWriter` interface.
+"""Weights & Biases behind the :class:`~nst.tracking.MetricWriter` interface (``logger=wandb``).
 
 Only this module imports wandb, and only when ``logger=wandb``. W&B is a convenience, never a
 reason to lose a run: any failure (import, init, a log call, finish) prints one warning and the
@@ -7,15 +7,70 @@ run goes on with its local files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nst.writers import MetricWriter
+from nst.errors import ConfigError, one_line
+from nst.files import atomic_write_bytes
+from nst.tracking.base import MetricWriter
+
+WANDB_ID_FILE = "wandb_run_id"
+
+
+@dataclass
+class WandbOptions:
+    """``logger.wandb.*`` (nst/conf/logger/wandb.yaml)."""
+
+    project: str = "nst"
+    entity: str | None = None
+    mode: str | None = None  # online | offline | disabled; None: online with WANDB_API_KEY
+    tags: list[str] = field(default_factory=list)
+    log_images: bool = True
+
+
+def create(options: dict[str, Any], ctx: Any) -> WandbWriter | None:
+    """The ``wandb`` tracker factory (:func:`nst.tracking.register_tracker`)."""
+    known = {f.name for f in fields(WandbOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) logger.wandb.{', logger.wandb.'.join(unknown)}; "
+            f"valid: {', '.join(sorted(known))}"
+        )
+    o = WandbOptions(**options)
+    if o.mode not in (None, "online", "offline", "disabled"):
+        raise ConfigError(f"logger.wandb.mode must be online, offline or disabled, got {o.mode!r}")
+    config = flatten(ctx.config)
+    config.update({g: c for g, c in ctx.job.choices.items() if g in ctx.config or g == "experiment"})
+    config["alpha_beta"] = ctx.alpha_beta
+    config["loss.beta_effective"] = ctx.beta
+    config["overrides"] = ",".join(ctx.job.overrides)
+    run_dir = ctx.run_dir
+    id_file = run_dir / WANDB_ID_FILE if run_dir is not None else None
+    w = WandbWriter.create(
+        run_dir=run_dir if run_dir is not None else Path.cwd(),
+        project=o.project,
+        entity=o.entity,
+        mode=o.mode,
+        tags=list(o.tags),
+        name=ctx.job.name,
+        group=ctx.job.group,
+        job_type=ctx.job.job_type,
+        config=config,
+        log_images=bool(o.log_images),
+        run_id=id_file.read_text().strip() if ctx.resume and id_file and id_file.exists() else None,
+    )
+    if w is not None and id_file is not None:
+        with contextlib.suppress(Exception):
+            atomic_write_bytes(id_file, str(w.run.id).encode())
+    return w
 
 
 def default_mode(mode: str | None) -> str:
@@ -81,7 +136,7 @@ class WandbWriter(MetricWriter):
                 settings=wandb.Settings(console="off", silent=True),
             )
         except Exception as e:  # noqa: BLE001 - any W&B failure must not fail the job
-            warn(f"W&B logging disabled for this run ({_one_line(e)}); local files are complete")
+            warn(f"W&B logging disabled for this run ({one_line(e)}); local files are complete")
             return None
         return cls(run, wandb, log_images)
 
@@ -92,7 +147,7 @@ class WandbWriter(MetricWriter):
             fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001
             if not self._warned:
-                warn(f"W&B logging failed ({_one_line(e)}); continuing with local files only")
+                warn(f"W&B logging failed ({one_line(e)}); continuing with local files only")
                 self._warned = True
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -127,7 +182,3 @@ class WandbWriter(MetricWriter):
 
 def warn(msg: str) -> None:
     print(f"nst: warning: {msg}", file=sys.stderr, flush=True)
-
-
-def _one_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: " + (" ".join(str(e).split()) or "no message")[:300]

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
 from nst import losses
+from nst.backbones import Backbone, BackboneSpec, Layer
 
 # Convolutions per block: Simonyan & Zisserman 2015, Table 1 (configurations D and E).
 BLOCKS: dict[str, tuple[int, ...]] = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
@@ -61,38 +63,30 @@ def conv_shapes(arch: str) -> dict[str, tuple[int, int, int, int]]:
     return shapes
 
 
+def block_of(name: str) -> int:
+    """The block (1-5) of a layer name ``conv{b}_{i}``, ``relu{b}_{i}`` or ``pool{b}``: the one
+    place VGG layer names are parsed."""
+    return int(name[4])
+
+
 def channels(arch: str, layer: str) -> int:
     """Channel count of any named activation (conv/relu/pool) of ``arch``."""
-    validate_layers(arch, [layer])
-    block = int(layer[4] if layer.startswith(("conv", "relu", "pool")) else layer)
-    return CHANNELS[block - 1]
+    return _backbone(arch).channels(layer)
 
 
 def activation_count(arch: str, last_layer: str, h: int, w: int) -> int:
     """Number of activation values one ``h`` x ``w`` image produces up to ``last_layer``."""
-    total = 0
-    for name in layer_names(arch):
-        block = int(name[4])
-        pools = block - 1 + (1 if name.startswith("pool") else 0)
-        total += (h >> pools) * (w >> pools) * CHANNELS[block - 1]
-        if name == last_layer:
-            break
-    return total
+    return _backbone(arch).activation_count(last_layer, h, w)
 
 
 def deepest_layer(arch: str, names: Iterable[str]) -> str:
     """The requested layer that comes last in the forward pass."""
-    order = {n: k for k, n in enumerate(layer_names(arch))}
-    names = list(names)
-    if not names:
-        raise ValueError("no layers requested")
-    return max(names, key=lambda n: order[n])
+    return _backbone(arch).deepest_layer(names)
 
 
 def downsampling(arch: str, layer: str) -> int:
     """How many 2x poolings lie before ``layer`` (its stride is 2**result)."""
-    names = layer_names(arch)
-    return sum(1 for n in names[: names.index(layer)] if n.startswith("pool"))
+    return _backbone(arch).downsampling(layer)
 
 
 def preprocess(x: jnp.ndarray, mode: str) -> jnp.ndarray:
@@ -134,6 +128,54 @@ class VGG(nn.Module):
     strip_blocks: int = 0
     strip_rows: int = 0
 
+    # --- nst.backbones.Network ---------------------------------------------------------------
+    def prepare(self, params: dict) -> dict:
+        """Only the convolutions this truncated network uses, as device arrays, with what
+        ``conv_plan`` needs precomputed (:func:`prepare_params`)."""
+        import jax
+
+        # Shapes only: eval_shape traces init without computing (and discarding) random weights.
+        used = jax.eval_shape(self.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+        trimmed = jax.device_put({k: dict(params[k]) for k in used["params"]})
+        return prepare_params(trimmed, self.conv_plan) if self.conv_plan else trimmed
+
+    def features(self, params: dict, x: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        """Activations of ``x`` ``(N, H, W, 3)``: this module's function computed by
+        :func:`apply_vgg`, each convolution as ``conv_plan`` says (``params`` from
+        :meth:`prepare`), per-block rematerialized when ``remat``."""
+        if not self.remat and not self.conv_plan:
+            return self.apply({"params": params}, x)
+        return apply_vgg(params, x, **self._kwargs())
+
+    def features_and_grams(
+        self, params: dict, x: jnp.ndarray
+    ) -> tuple[dict[str, jnp.ndarray], dict[str, jnp.ndarray]]:
+        """:meth:`features`, except that the layers of the first ``strip_blocks`` blocks come
+        as unnormalized Grams ``(N, C, C)`` in the second dict, computed strip by strip
+        (:func:`apply_vgg_striped`). No strips: no Grams."""
+        if not self.strip_blocks:
+            return self.features(params, x), {}
+        return apply_vgg_striped(
+            params,
+            x,
+            strip_blocks=self.strip_blocks,
+            strip_rows=self.strip_rows,
+            gram_layers=self.outputs or (),
+            **self._kwargs(),
+        )
+
+    def _kwargs(self) -> dict:
+        return {
+            "arch": self.arch,
+            "pooling": self.pooling,
+            "preprocessing": self.preprocessing,
+            "last_layer": self.last_layer,
+            "dtype": self.dtype,
+            "remat": self.remat,
+            "outputs": self.outputs,
+            "conv_plan": self.conv_plan,
+        }
+
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> dict[str, jnp.ndarray]:
         if self.pooling not in ("max", "avg"):
@@ -160,12 +202,7 @@ class VGG(nn.Module):
 
 def validate_layers(arch: str, names: Sequence[str]) -> None:
     """Raise ValueError naming the valid layers when a name is not a layer of ``arch``."""
-    valid = layer_names(arch)
-    bad = [n for n in names if n not in valid]
-    if bad:
-        raise ValueError(
-            f"unknown layer(s) {', '.join(map(repr, bad))} for {arch}; valid: {', '.join(valid)}"
-        )
+    _backbone(arch).validate_layers(names)
 
 
 CONV_IMPLS = ("xla", "winograd")
@@ -215,7 +252,7 @@ def prepare_params(params: dict, plan: Sequence[tuple[str, str, str]]) -> dict:
 def _prepare_jit():
     import jax
 
-    from nst import winograd
+    from nst.backbones import winograd
 
     def prepare(params: dict, plan: tuple) -> dict:
         out = {k: dict(v) for k, v in params.items()}
@@ -236,11 +273,11 @@ def _prepare_jit():
 
 def conv_impl(impl: str, x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
     """3x3 SAME convolution of ``x`` by ``impl``: ``w`` is the HWIO kernel for xla, its
-    :func:`nst.winograd.transform_kernel` for winograd."""
+    :func:`nst.backbones.winograd.transform_kernel` for winograd."""
     import jax
 
     if impl == "winograd":
-        from nst import winograd
+        from nst.backbones import winograd
 
         return winograd.conv3x3(x, w)
     return jax.lax.conv_general_dilated(
@@ -359,7 +396,7 @@ def _later_blocks(
     feats: dict[str, jnp.ndarray] = {}
     fn = jax.checkpoint(block, static_argnums=(2, 3)) if remat else block
     for b in range(first, 10):
-        in_block = tuple(n for n in layers if int(n[4]) == b)
+        in_block = tuple(n for n in layers if block_of(n) == b)
         if not in_block:
             break
         out = fn({n: params[n] for n in in_block if n.startswith("conv")}, x, in_block, keep)
@@ -416,11 +453,7 @@ def _block(
 def layer_size(arch: str, layer: str, height: int, width: int) -> tuple[int, int]:
     """Height and width of ``layer``'s activation for an input of ``height`` x ``width``: each
     2x2 VALID pooling up to and including it floors both in half."""
-    names = layer_names(arch)
-    for name in names[: names.index(layer) + 1]:
-        if name.startswith("pool"):
-            height, width = height // 2, width // 2
-    return height, width
+    return _backbone(arch).layer_size(layer, height, width)
 
 
 def strip_layout(arch: str, blocks: int, height: int, rows: int) -> tuple[int, int, int]:
@@ -476,7 +509,7 @@ def apply_vgg_striped(
         raise ValueError(f"unknown pooling {pooling!r}; valid: max, avg")
     names = layer_names(arch)
     stop = names.index(last_layer or names[-1])
-    striped = [n for n in names[: stop + 1] if int(n[4]) <= strip_blocks]
+    striped = [n for n in names[: stop + 1] if block_of(n) <= strip_blocks]
     if not striped or striped[-1] != f"pool{strip_blocks}":
         raise ValueError(
             f"strip_blocks={strip_blocks} needs the network to reach pool{strip_blocks}"
@@ -524,3 +557,109 @@ def apply_vgg_striped(
     grams = {k: v.sum(0) for k, v in grams.items()}
 
     return _later_blocks(params, y, strip_blocks + 1, names[: stop + 1], keep, block, remat), grams
+
+
+# Blocks 1-3 hold ~80% of VGG16's activations, and the peak of a step is in the backward pass of
+# the largest block: striping 1-3 leaves block 4 (1/64 of the pixels) as the peak (XLA's memory
+# analysis, docs/performance.md).
+STRIP_BLOCKS_MAX = 3
+
+
+class VGGBackbone(Backbone):
+    """VGG16/VGG19 (Simonyan & Zisserman 2015) with Caffe/Keras layer names."""
+
+    def __init__(self, arch: str):
+        self.name = arch
+
+    @functools.cache  # noqa: B019 - two module-level instances
+    def layers(self) -> tuple[Layer, ...]:
+        out = []
+        for name in layer_names(self.name):
+            b = block_of(name)
+            pools = b - 1 + (1 if name.startswith("pool") else 0)
+            out.append(Layer(name, CHANNELS[b - 1], pools))
+        return tuple(out)
+
+    def rectified(self, name: str) -> str:
+        """conv{b}_{i} -> relu{b}_{i}: the authors' Caffe code runs ReLUs in place."""
+        return "relu" + name[4:] if name.startswith("conv") else name
+
+    def load(self, weights: Any) -> tuple[dict, dict[str, Any]]:
+        from nst.backbones.weights import resolve_params
+
+        params, info = resolve_params(
+            self.name, weights.source, weights.path, weights.seed, url=weights.url
+        )
+        if weights.normalized:
+            from nst.backbones.normalize import normalized_params
+            from nst.errors import ConfigError
+
+            try:
+                params, ninfo = normalized_params(
+                    params,
+                    self.name,
+                    info["preprocessing"],
+                    list(weights.normalize_images),
+                    weights.normalize_size,
+                )
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            info = {**info, "normalized": ninfo}
+        return params, info
+
+    def network(self, spec: BackboneSpec, outputs: Sequence[str], loss: Any) -> VGG:
+        """A VGG that stops at the deepest of ``outputs``."""
+        import jax
+
+        return VGG(
+            arch=self.name,
+            pooling=spec.pooling,
+            preprocessing=spec.preprocessing,
+            last_layer=self.deepest_layer(outputs),
+            dtype=jnp.dtype(spec.dtype),
+            remat=spec.remat,
+            outputs=tuple(outputs),
+            conv_plan=conv_plan(self.name, spec.conv, jax.default_backend()),
+            strip_blocks=self.strip_blocks(spec, loss),
+            strip_rows=spec.strip_rows,
+        )
+
+    def strip_blocks(self, spec: BackboneSpec, loss: Any) -> int:
+        """With remat, the leading blocks (up to STRIP_BLOCKS_MAX) whose layers the loss reads
+        only through Gram matrices (a Gram sums over rows; a content layer or mean/covariance
+        statistics would need the whole activation)."""
+        if not spec.remat or loss.style_loss != "gram" or spec.strip_rows <= 0:
+            return 0
+        names = self.layer_names()
+        deepest = names.index(self.deepest_layer(loss.layers))
+        blocks = 0
+        for b in range(1, STRIP_BLOCKS_MAX + 1):
+            if any(block_of(n) <= b for n in loss.content_layers) or deepest < names.index(
+                f"pool{b}"
+            ):
+                break
+            blocks = b
+        return blocks
+
+    def step_bytes(self, spec: BackboneSpec, loss: Any, hw: tuple[int, int]) -> int:
+        """The base estimate, with the striped blocks' activations counted for one strip."""
+        total = super().step_bytes(spec, loss, hw)
+        blocks = self.strip_blocks(spec, loss)
+        if not blocks:
+            return total
+        h, w = hw
+        t, _, halo = strip_layout(self.name, blocks, h, spec.strip_rows)
+        strip_h = min(h, t * 2**blocks) + 2 * halo
+        last = f"pool{blocks}"
+        saved = self.activation_count(last, h, w) - self.activation_count(last, strip_h, w)
+        return total - int(4 * 2.25 * saved)
+
+
+VGG16 = VGGBackbone("vgg16")
+VGG19 = VGGBackbone("vgg19")
+BACKBONES = {"vgg16": VGG16, "vgg19": VGG19}
+
+
+def _backbone(arch: str) -> VGGBackbone:
+    _check_arch(arch)
+    return BACKBONES[arch]

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst import images
-from nst.vgg import VGG, conv_layer_names
+from nst.backbones.vgg import VGG, conv_layer_names
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def normalized_params(
     ``size`` px on the longest side; the means are cached in the weights cache directory.
 
     Returns the new params and an info dict (image set, size, cache file, layer mean ranges)."""
-    from nst.weights import atomic_save_npz, cache_dir, params_digest
+    from nst.backbones.weights import atomic_save_npz, cache_dir, params_digest
 
     if not image_specs:
         raise ValueError("backbone.normalize_images is empty; name at least one image")

@@ -60,6 +60,16 @@ class MultiWriter(MetricWriter):
             w.close(exit_code)
 
 
+class MemoryWriter(MetricWriter):
+    """Keeps the scalar rows in memory (``rows``): the Python API's metrics history."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        self.rows.append({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
+
+
 class LocalWriter(MetricWriter):
     """``metrics.jsonl`` (one JSON object per logged step) and ``snapshots/<name>_<step>.png``."""
 

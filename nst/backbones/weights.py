@@ -1,6 +1,6 @@
 """Backbone weights: locating, downloading, verifying and converting VGG convolution parameters.
 
-Every loader returns the same in-memory layout, the one :class:`nst.vgg.VGG` consumes::
+Every loader returns the same in-memory layout, the one :class:`nst.backbones.vgg.VGG` consumes::
 
     {"conv1_1": {"kernel": float32 (3, 3, Cin, Cout) HWIO, "bias": float32 (Cout,)}, ...}
 
@@ -23,24 +23,21 @@ Sources:
 from __future__ import annotations
 
 import hashlib
-import http.client
 import importlib.util
 import json
 import logging
 import os
 import re
-import tempfile
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from nst.errors import WeightsError
-from nst.vgg import conv_layer_names, conv_shapes
+from nst import files
+from nst.backbones.vgg import conv_layer_names, conv_shapes
+from nst.errors import WeightsError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +87,7 @@ FILE_FORMATS = {
     ".safetensors": "torchvision",
     ".npz": "npz",
 }
-# Which input normalisation the weights were trained with (see nst.vgg.preprocess). Our own
+# Which input normalisation the weights were trained with (see nst.backbones.vgg.preprocess). Our own
 # .npz files carry no metadata; the ones this module writes hold Keras/Caffe-convention weights.
 PREPROCESSING = {
     "embedded": "caffe",
@@ -108,30 +105,8 @@ _CHUNK = 1 << 20
 
 
 def cache_dir() -> Path:
-    """The directory for downloaded and converted weights, created on first use.
-
-    ``$NST_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/nst``, else ``~/.cache/nst``.
-    """
-    if os.environ.get("NST_CACHE_DIR"):
-        path = Path(os.environ["NST_CACHE_DIR"]).expanduser()
-    elif os.environ.get("XDG_CACHE_HOME"):
-        path = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "nst"
-    else:
-        path = Path.home() / ".cache" / "nst"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise WeightsError(_cache_dir_hint(path, err.strerror or str(err))) from err
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise WeightsError(_cache_dir_hint(path, "not writable"))
-    return path
-
-
-def _cache_dir_hint(path: Path, reason: str) -> str:
-    return (
-        f"cannot use weights cache directory {path} ({reason}); "
-        "set NST_CACHE_DIR (or XDG_CACHE_HOME) to a writable directory"
-    )
+    """The directory for downloaded and converted weights (:func:`nst.files.cache_dir`)."""
+    return files.cache_dir(WeightsError)
 
 
 def _hash_file(path: str | os.PathLike[str], h: Any) -> str:
@@ -187,7 +162,7 @@ def check_params(
     Always checked: the layer names, kernels 4-D with a 3x3 window, biases matching the output
     channels, 3 input channels first, each layer's input channels equal to the previous layer's
     output channels, finite values. ``strict`` also requires the real VGG shapes
-    (:func:`nst.vgg.conv_shapes`); without it, tiny test files with few channels pass.
+    (:func:`nst.backbones.vgg.conv_shapes`); without it, tiny test files with few channels pass.
     ``origin`` (usually the file path) prefixes the messages.
     """
     names = conv_layer_names(arch)
@@ -222,25 +197,6 @@ def check_params(
         cin = ks[3]
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` via a uniquely named temp file in its directory and an atomic rename.
-
-    Concurrent writers (a sweep starting many jobs at once) then each produce a whole file and
-    readers never observe a partial one; the last rename wins, and all writers wrote equal bytes.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_params(params: Params, path: str | os.PathLike[str]) -> None:
     """Save ``params`` as an ``.npz`` with keys ``"conv1_1/kernel"``, ..., atomically."""
     arrays = {
@@ -249,12 +205,12 @@ def save_params(params: Params, path: str | os.PathLike[str]) -> None:
         for key, a in layer.items()
     }
     # A file object (not a name) keeps numpy from appending ".npz" to the temp name.
-    _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+    files.atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def atomic_save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
     """Write ``arrays`` as an ``.npz`` atomically (for small caches derived from the weights)."""
-    _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+    files.atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_params(path: str | os.PathLike[str]) -> Params:
@@ -624,57 +580,38 @@ def random_params(arch: str, seed: int) -> Params:
 # --- Download. -------------------------------------------------------------------------------
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def download(url: str, dest: str | os.PathLike[str], md5: str, timeout: float = 30) -> Path:
-    """Download ``url`` to ``dest``, verifying its MD5, and return ``dest``.
-
-    The bytes go to a uniquely named temp file next to ``dest`` that is renamed into place only
-    once complete and verified, so ``dest`` is never partial or corrupt, even with concurrent
-    downloads.
-    """
+    """Download ``url`` to ``dest``, verifying its MD5, and return ``dest``. The file appears
+    only once complete and verified (:func:`nst.files.atomic_write`), even with concurrent
+    downloads."""
     dest = Path(dest)
     hint = (
         f"download it elsewhere (md5 {md5}) and pass backbone.weights_path=FILE "
         f"or copy it to {dest}"
     )
+    h = hashlib.md5(usedforsecurity=False)
+
+    def fetch(out: IO[bytes]) -> None:
+        def sink(chunk: bytes) -> None:
+            h.update(chunk)
+            out.write(chunk)
+
+        files.download(url, sink, timeout=timeout)
+        if h.hexdigest() != md5:
+            raise WeightsError(
+                f"downloaded {url} for {dest} but its MD5 is {h.hexdigest()}, expected {md5}; "
+                "discarded it"
+            )
+
+    log.info("downloading %s to %s", url, dest)
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        files.atomic_write(dest, fetch)
+    except files.DownloadError as err:
+        raise WeightsError(f"{err}; {hint}") from err
     except OSError as err:
         raise WeightsError(
-            f"cannot download {url} (cannot write to {dest.parent}: {_one_line(err)}); {hint}"
+            f"cannot download {url} (cannot write to {dest.parent}: {one_line(err)}); {hint}"
         ) from err
-    tmp = Path(tmp_name)
-    try:
-        h = hashlib.md5(usedforsecurity=False)
-        log.info("downloading %s to %s", url, dest)
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
-                while chunk := r.read(_CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-        except urllib.error.HTTPError as err:
-            raise WeightsError(
-                f"cannot download {url} (HTTP {err.code} {_one_line(err.reason)}); {hint}"
-            ) from err
-        except urllib.error.URLError as err:
-            raise WeightsError(f"cannot download {url} ({_one_line(err.reason)}); {hint}") from err
-        except (OSError, http.client.HTTPException, ValueError) as err:
-            # OSError: timeouts/resets mid-transfer; HTTPException: truncated responses;
-            # ValueError: a malformed URL.
-            reason = _one_line(err) or type(err).__name__
-            raise WeightsError(f"cannot download {url} ({reason}); {hint}") from err
-        actual = h.hexdigest()
-        if actual != md5:
-            raise WeightsError(
-                f"downloaded {url} for {dest} but its MD5 is {actual}, expected {md5}; discarded it"
-            )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -717,7 +654,7 @@ def resolve_params(
     ``random``; ``url`` overrides the Keras download URL. Returns the params (validated against
     the real ``arch`` shapes) and a JSON-serialisable info dict with ``source``, ``format``,
     ``path``, ``sha256`` (of the file used; None for random), ``params_digest`` and
-    ``preprocessing`` (the :func:`nst.vgg.preprocess` mode the weights need).
+    ``preprocessing`` (the :func:`nst.backbones.vgg.preprocess` mode the weights need).
     """
     if arch not in KERAS_WEIGHTS:
         raise WeightsError(f"unknown architecture {arch!r}; valid: {', '.join(KERAS_WEIGHTS)}")
