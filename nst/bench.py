@@ -34,7 +34,7 @@ import numpy as np
 
 from nst import hostmem
 
-# Peak dense FLOP/s of accelerators we may be lent (vendor datasheets, dense, no sparsity), for MFU.
+# Peak dense FLOP/s of known accelerators (vendor datasheets, dense, no sparsity), for MFU.
 PEAK_FLOPS = {
     ("h100", "bfloat16"): 989e12,  # NVIDIA H100 SXM5 datasheet
     ("h100", "float32"): 494e12,  # TF32 tensor cores (XLA's default precision for f32 convs)

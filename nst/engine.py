@@ -312,7 +312,7 @@ def make_update_fn(
 
 def default_steps_per_call() -> int:
     """Steps per jitted call. On XLA:CPU a step inside lax.scan/fori_loop measured ~2.6x slower
-    than separate jitted calls (see the brief's measurements), and Python dispatch is negligible
+    than separate jitted calls (docs/performance.md), and Python dispatch is negligible
     next to a ~0.5 s step, so CPU runs one step per call; accelerators amortize dispatch."""
     return 1 if jax.default_backend() == "cpu" else 10
 

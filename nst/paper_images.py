@@ -14,21 +14,19 @@ Provenance of the URLs and MD5s (facts taken from other projects, each named per
 * The Great Wave's Commons URL is the one TensorFlow's style-transfer tutorial and many other
   projects download; no project we found publishes its checksum, so it is not verified.
 
-These checksums could not be re-checked here (no network): they are the ones the named projects
-recorded. A file on Wikimedia can be replaced by a new upload, and ``/thumb/`` URLs are re-rendered
-by Wikimedia from time to time, either of which changes its bytes; :func:`fetch` then refuses the
+The checksums are the ones the named projects list (not re-verified against a fresh download). A
+file on Wikimedia can be replaced by a new upload, and ``/thumb/`` URLs are re-rendered by
+Wikimedia from time to time, either of which changes its bytes; :func:`fetch` then refuses the
 file with a message naming the expected and actual checksum. ``None`` means "not known": such files
 are only checked to be decodable images. No SHA-256 has been published for any of them; the one
 given for ``tubingen.jpg`` was computed from a copy whose MD5 equals pystiche's.
 
-The copies in the project's ``../shared/images`` (used by some tests) are *not* all these files:
-only ``tubingen.jpg`` is byte-identical to its Commons original. ``starry_night.jpg`` and
-``the_scream.jpg`` there match the copies in jcjohnson/fast-neural-style ``images/styles/`` (MD5s
-as listed by pystiche_papers' ``ulyanov_et_al_2016`` images), ``seated-nude.jpg`` the one in
-jcjohnson/neural-style ``examples/inputs/`` (MD5 as listed by pystiche_papers'
-``li_et_al_2017`` images); the other three differ from the files listed here too (their origin
-was not established). Files already in a folder are kept as they are (see ``overwrite`` in
-:func:`fetch`).
+Copies of these images found elsewhere are often *not* the Commons files: the widely shared
+``starry_night.jpg`` and ``the_scream.jpg`` of jcjohnson/fast-neural-style ``images/styles/`` (MD5s
+as listed by pystiche_papers' ``ulyanov_et_al_2016`` images) and ``seated-nude.jpg`` of
+jcjohnson/neural-style ``examples/inputs/`` (MD5 as listed by pystiche_papers' ``li_et_al_2017``
+images) differ from the files listed here (their checksums do not match). Files already in a
+folder are kept as they are (see ``overwrite`` in :func:`fetch`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Find ``loss.ab_scale`` for an impl: the factor that makes the paper's alpha/beta give the same
 content/style balance as the reference look on the embedded VGG16.
 
-    python scripts/calibrate_ab.py --impl paper --content ../shared/images/tubingen.jpg \
-        --style ../shared/images/starry_night.jpg --size 256
+    python scripts/calibrate_ab.py --impl paper --content /path/to/tubingen.jpg \
+        --style /path/to/starry_night.jpg --size 256
 
 Balance is measured as the ratio of gradient norms ||d(alpha*content)/dx|| / ||d(beta*style)/dx||
 at a white-noise image (the paper's starting point). The reference is the default config

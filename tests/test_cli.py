@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import SHARED_IMAGES
+from tests.conftest import PAPER_IMAGES, needs_paper_images
 
 TINY = [
     "backbone=random_vgg16",
@@ -78,13 +78,13 @@ def test_run_directory_contract(tmp_path, write_png):
 
 
 @pytest.mark.slow  # ~31s on a Zen 3 core pair: kept out of the default suite, run by CI's slow step
-@pytest.mark.skipif(not SHARED_IMAGES.is_dir(), reason="needs ../shared/images")
+@needs_paper_images
 def test_acceptance_tubingen_starry_night(tmp_path):
     """Issue acceptance 2: real VGG16, 128 px, 60 steps; style loss falls >= 10x."""
     out = tmp_path / "run"
     p = nst(
-        f"content={SHARED_IMAGES / 'tubingen.jpg'}",
-        f"style={SHARED_IMAGES / 'starry_night.jpg'}",
+        f"content={PAPER_IMAGES / 'tubingen.jpg'}",
+        f"style={PAPER_IMAGES / 'starry_night.jpg'}",
         "size=128",
         "steps=60",
         "progress=false",

@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 from nst.figures import build_figure
-from tests.conftest import SHARED_IMAGES
+from tests.conftest import PAPER_IMAGES, needs_paper_images
 from tests.test_cli import nst
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not SHARED_IMAGES.is_dir(), reason="needs ../shared/images"),
+    needs_paper_images,
 ]
 
 EXPERIMENTS = {  # experiment -> panels (leading content/style + one per job)
@@ -31,7 +31,7 @@ EXPERIMENTS = {  # experiment -> panels (leading content/style + one per job)
 def _run(name, sweep):
     p = nst(
         f"experiment=gatys2016/{name}",
-        f"images_dir={SHARED_IMAGES}",
+        f"images_dir={PAPER_IMAGES}",
         "size=64",
         "steps=20",
         f"hydra.sweep.dir={sweep}",
@@ -69,7 +69,7 @@ def test_fig4_alpha_beta_trend_in_every_row(tmp_path):
     sweep = tmp_path / "sweep"
     p = nst(
         "experiment=gatys2016/fig4_grid",
-        f"images_dir={SHARED_IMAGES}",
+        f"images_dir={PAPER_IMAGES}",
         "size=96",
         "steps=80",
         f"hydra.sweep.dir={sweep}",
