@@ -1,0 +1,169 @@
+"""The Python API (nst.stylize, nst.load_config) and the extension seams: a backbone and a
+tracker defined in this file alone, used by a real run."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import nst
+from nst.backbones import Backbone, FunctionNetwork, Layer, register_backbone
+from nst.errors import ConfigError, ImageError
+from nst.tracking import MetricWriter, register_tracker
+
+TINY = {"size": 32, "steps": 3, "log_every": 1, "save_every": 0, "progress": False}
+RANDOM = {"backbone": "random_vgg16"}
+
+
+def test_stylize_returns_image_history_and_config_without_writing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = nst.stylize("sample:chelsea", "sample:ihc", **TINY, **RANDOM)
+    assert r.image.dtype == np.uint8 and r.image.shape == (21, 32, 3)
+    assert [row["step"] for row in r.history] == [0, 1, 2, 3]
+    assert r.history[-1]["total"] == pytest.approx(r.final["total"])
+    assert r.config["size"] == 32 and r.config["backbone"]["weights"] == "random"
+    assert r.output_dir is None and list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_stylize_accepts_arrays_and_pil_and_writes_when_asked(tmp_path):
+    rng = np.random.default_rng(0)
+    content = rng.uniform(0, 1, (30, 40, 3))  # floats in 0..1
+    style = Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    out = tmp_path / "run"
+    r = nst.stylize(content, style, output_dir=out, loss={"beta": 10.0}, **TINY, **RANDOM)
+    saved = np.asarray(Image.open(out / "result.png"))
+    np.testing.assert_array_equal(saved, r.image)  # the result is what result.png holds
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["loss"]["beta"] == 10.0
+    assert summary["content"]["path"] == "<ndarray>" and summary["style"]["path"] == "<Image>"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == len(r.history) == 4
+
+
+def test_stylize_equals_the_cli_run_of_the_same_config(tmp_path):
+    from tests.test_cli import nst as cli
+
+    args = ["size=32", "steps=3", "save_every=0", "progress=false", "backbone=random_vgg16"]
+    p = cli(*args, f"hydra.run.dir={tmp_path / 'cli'}")
+    assert p.returncode == 0, p.stderr
+    r = nst.stylize(overrides=args)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "cli" / "result.png")), r.image)
+
+
+def test_load_config_composes_groups_and_values():
+    cfg = nst.load_config(["layers=lewuathe2017"], size=64, loss={"beta": 1e4}, backbone="vgg19")
+    assert cfg.size == 64 and cfg.loss.beta == 1e4 and cfg.backbone.arch == "vgg19"
+    assert "relu5_1" in cfg.layers.style_layers or "conv5_1" in cfg.layers.style_layers
+
+
+def test_bad_input_is_one_line_error():
+    with pytest.raises(ConfigError, match="size must be a positive"):
+        nst.stylize(size=0, steps=1)
+    with pytest.raises(ImageError, match=r"must be \(H, W\), \(H, W, 3\) or \(H, W, 4\)"):
+        nst.stylize(np.zeros((4, 4, 5)), "sample:ihc", **TINY, **RANDOM)
+
+
+# --- Extension seams: registered from this file, no edit to nst/ --------------------------------
+
+
+class TinyBackbone(Backbone):
+    """Two 3x3 convolutions, the second after a 2x2 average pooling."""
+
+    name = "tiny_test_net"
+
+    def layers(self):
+        return (Layer("feat1", 4, 0), Layer("pool", 4, 1), Layer("feat2", 6, 1))
+
+    def load(self, weights):
+        k1, k2 = jax.random.split(jax.random.PRNGKey(weights.seed))
+        params = {
+            "w1": 0.3 * jax.random.normal(k1, (3, 3, 3, 4)),
+            "w2": 0.3 * jax.random.normal(k2, (3, 3, 4, 6)),
+        }
+        return params, {"preprocessing": "unit", "weights": "random-test"}
+
+    def network(self, spec, outputs, loss):
+        def conv(x, w):
+            return jax.lax.conv_general_dilated(
+                x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+
+        def apply(p, x):
+            f1 = jax.nn.relu(conv(x / 255.0, p["w1"]))
+            n, h, w, c = f1.shape
+            pool = f1[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+            pool = pool.mean(axis=(2, 4))
+            return {"feat1": f1, "pool": pool, "feat2": jax.nn.relu(conv(pool, p["w2"]))}
+
+        return FunctionNetwork(self.name, apply, tuple(outputs))
+
+
+class Recorder(MetricWriter):
+    def __init__(self, sink, options):
+        self.sink, self.options = sink, options
+
+    def write_scalars(self, step, scalars):
+        self.sink.append(("scalars", step, dict(scalars)))
+
+    def write_result(self, step, image):
+        self.sink.append(("result", step, image.shape))
+
+    def close(self, exit_code=0):
+        self.sink.append(("close", exit_code, self.options))
+
+
+def test_a_backbone_and_a_tracker_registered_from_a_test_file_run(tmp_path):
+    register_backbone(TinyBackbone())
+    events = []
+    register_tracker("recorder_test", lambda options, ctx: Recorder(events, options))
+    r = nst.stylize(
+        "sample:chelsea",
+        "sample:ihc",
+        output_dir=tmp_path / "run",
+        backbone={"arch": "tiny_test_net"},
+        layers={"content_layers": {"feat2": 1.0}, "style_layers": {"feat1": 1.0, "feat2": 1.0}},
+        overrides=["layers=custom", "+logger.recorder_test={tag: hello}", "layers.rectified=false"],
+        **TINY,
+    )
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["backbone"]["arch"] == "tiny_test_net"
+    assert summary["backbone"]["preprocessing"] == "unit"
+    assert set(r.final) >= {"content/feat2", "style/feat1", "style/feat2"}
+    assert r.history[-1]["total"] < r.history[0]["total"]  # the optimizer works through it
+    kinds = [e[0] for e in events]
+    assert kinds.count("scalars") == 4 and "result" in kinds
+    assert events[-1] == ("close", 0, {"tag": "hello"})
+
+
+def test_unknown_backbone_and_tracker_are_one_line_errors():
+    with pytest.raises(ConfigError, match="unknown backbone.arch 'nope'; registered: .*vgg16"):
+        nst.stylize(backbone={"arch": "nope"}, **TINY)
+    with pytest.raises(ConfigError, match="unknown tracker.*nope_tracker"):
+        nst.stylize(overrides=["+logger.nope_tracker={}"], **TINY)
+    with pytest.raises(ConfigError, match="logger.project is now logger.wandb.project"):
+        nst.stylize(overrides=["+logger.project=x"], **TINY)
+
+
+def test_any_optax_optimizer_by_name():
+    r = nst.stylize(
+        optimizer={"name": "adamw", "lr": 5.0},
+        overrides=["+optimizer.kwargs={weight_decay: 0.0}"],
+        **TINY,
+        **RANDOM,
+    )
+    assert r.config["optimizer"]["name"] == "adamw"
+    assert r.history[-1]["total"] < r.history[0]["total"]
+    with pytest.raises(ConfigError, match="neither adam, lbfgs, sgd nor an optax optimizer"):
+        nst.stylize(optimizer={"name": "bogus"}, **TINY)
+
+
+def test_features_match_between_jnp_and_flax_free_backbone():
+    """The tiny backbone's FunctionNetwork returns only the requested layers."""
+    net = TinyBackbone().network(None, ("feat2",), None)
+    params, _ = TinyBackbone().load(type("W", (), {"seed": 0})())
+    feats = net.features(net.prepare(params), jnp.zeros((1, 8, 8, 3)))
+    assert list(feats) == ["feat2"] and feats["feat2"].shape == (1, 4, 4, 6)
