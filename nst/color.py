@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 
-MODES = ("none", "luminance", "histogram")
-
 # NTSC YIQ (FCC 1953 primaries), rows Y, I, Q; the transfer happens on Y.
 RGB_TO_YIQ = np.array(
     [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]]

@@ -206,6 +206,14 @@ class NSTConfig:
 RUN_ONLY_KEYS = ("hydra", "progress", "debug", "resume", "logger")
 
 
+def alpha_beta(alpha: float, beta: float, ab_ratio: float | None) -> float | None:
+    """One definition of the α/β ratio everywhere (trackers, report, figures): the paper's ratio
+    when ``loss.ab_ratio`` is set (β then follows from it), else α/β."""
+    if ab_ratio is not None:
+        return float(ab_ratio)
+    return float(alpha) / float(beta) if beta else None
+
+
 def is_run_only(key: str) -> bool:
     """Whether an override key (``+``/``~`` prefixes allowed) is one of :data:`RUN_ONLY_KEYS`."""
     key = key.lstrip("+~")

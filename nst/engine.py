@@ -372,7 +372,9 @@ class Program:
         if self.batch is None:
             return jax.device_put(self.loss.weights())
         each = [x.weights() for x in (losses or [self.loss] * self.batch)]
-        return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.float32(x) for x in xs]), *each))
+        return jax.device_put(
+            jax.tree.map(lambda *xs: np.stack([np.float32(x) for x in xs]), *each)
+        )
 
     def init_state(self, images: Any) -> State:
         """The state for ``images`` (``(H, W, 3)``, or ``(B, H, W, 3)`` with ``batch``), one

@@ -9,7 +9,6 @@ jobs on disk (see :mod:`nst.report`), so it can be rebuilt at any time with
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from nst import images
 from nst.files import atomic_write_bytes, atomic_write_json
-from nst.report import Job, _font, _sort_values, _thumb, _wrap, find_jobs, format_value
+from nst.sweeps import Job, find_jobs, format_value, load_font, sort_values, thumbnail, wrap_text
 
 PANEL = 224
 PAD = 10
@@ -85,9 +84,9 @@ def build_figure(sweep_dir: str | Path, figure: Mapping[str, Any]) -> dict[str, 
             return None
         return job.overrides.get(key.lstrip("+"))
 
-    rows = _sort_values({value(j, row_key) for j in jobs}) if row_key else [None]
+    rows = sort_values({value(j, row_key) for j in jobs}) if row_key else [None]
     cols = [value(j, col_key) for j in jobs] if col_key else [None]
-    cols = list(dict.fromkeys(cols)) if not row_key else _sort_values(set(cols))
+    cols = list(dict.fromkeys(cols)) if not row_key else sort_values(set(cols))
     cells = {(value(j, row_key), value(j, col_key)): j for j in jobs}
 
     settings = _settings(jobs)
@@ -107,7 +106,8 @@ def build_figure(sweep_dir: str | Path, figure: Mapping[str, Any]) -> dict[str, 
         else ""
     )
     foot_lines = (
-        _wrap(f"{caption} {backbone_note}".strip(), max(40, n_cols * PANEL // 8)).count("\n") + 1
+        wrap_text(f"{caption} {backbone_note}".strip(), max(40, n_cols * PANEL // 8)).count("\n")
+        + 1
     )
     foot_h = 18 * foot_lines + PAD * 2
     width = row_label_w + n_cols * (PANEL + PAD) + PAD
@@ -115,7 +115,10 @@ def build_figure(sweep_dir: str | Path, figure: Mapping[str, Any]) -> dict[str, 
     fig = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(fig)
     d.text(
-        (PAD, 12), figure.get("title") or figure.get("name") or "", fill=(0, 0, 0), font=_font(18)
+        (PAD, 12),
+        figure.get("title") or figure.get("name") or "",
+        fill=(0, 0, 0),
+        font=load_font(18),
     )
 
     panels = []
@@ -126,24 +129,24 @@ def build_figure(sweep_dir: str | Path, figure: Mapping[str, Any]) -> dict[str, 
                 (PAD, y + PANEL // 2 - 8),
                 _label(row_key, rv, labels),
                 fill=(0, 0, 0),
-                font=_font(14),
+                font=load_font(14),
             )
         x = row_label_w + PAD
         for p in lead:
             fig.paste(_image_panel(settings[p], PANEL), (x, y))
-            d.text((x, y + PANEL + 6), p, fill=(0, 0, 0), font=_font(13))
+            d.text((x, y + PANEL + 6), p, fill=(0, 0, 0), font=load_font(13))
             panels.append({"label": p, "kind": p, "row": r})
             x += PANEL + PAD
         for cv in cols:
             job = cells.get((rv, cv))
             if job is not None:
-                fig.paste(_thumb(job, PANEL, background=(255, 255, 255)), (x, y))
+                fig.paste(thumbnail(job, PANEL, background=(255, 255, 255)), (x, y))
                 text = _label(col_key, cv, labels) if col_key else ""
                 d.multiline_text(
                     (x, y + PANEL + 4),
-                    _wrap(text, PANEL // 8),
+                    wrap_text(text, PANEL // 8),
                     fill=(0, 0, 0),
-                    font=_font(13),
+                    font=load_font(13),
                     spacing=2,
                 )
                 panels.append(
@@ -158,9 +161,9 @@ def build_figure(sweep_dir: str | Path, figure: Mapping[str, Any]) -> dict[str, 
             x += PANEL + PAD
     d.multiline_text(
         (PAD, height - foot_h + PAD),
-        _wrap(f"{caption} {backbone_note}".strip(), max(40, n_cols * PANEL // 8)),
+        wrap_text(f"{caption} {backbone_note}".strip(), max(40, n_cols * PANEL // 8)),
         fill=(60, 60, 60),
-        font=_font(13),
+        font=load_font(13),
         spacing=4,
     )
     buf = io.BytesIO()
@@ -188,7 +191,3 @@ def figure_config(sweep_dir: str | Path) -> dict[str, Any] | None:
         fig = OmegaConf.to_container(OmegaConf.load(cfg_path)).get("figure") or {}
         return fig if fig.get("name") else None
     return None
-
-
-def load_record(sweep_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(sweep_dir) / "figure.json").read_text())

@@ -107,7 +107,9 @@ def load_any(image: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise ImageError(f"an image array must hold numbers, got dtype {a.dtype}")
     if a.shape[0] * a.shape[1] > max_pixels:
-        raise ImageError(f"a {a.shape[1]}x{a.shape[0]} image exceeds the limit of {max_pixels} pixels")
+        raise ImageError(
+            f"a {a.shape[1]}x{a.shape[0]} image exceeds the limit of {max_pixels} pixels"
+        )
     a = a.astype(np.float64)
     if not np.isfinite(a).all():
         raise ImageError("an image array holds NaN or infinite values")

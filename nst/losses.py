@@ -122,9 +122,6 @@ def tv_loss(image: jnp.ndarray) -> jnp.ndarray:
     return (jnp.sum(dy) + jnp.sum(dx)) / image.size
 
 
-STYLE_LOSSES = ("gram", "mean_cov")
-
-
 def feature_stats(features: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Mean ``(..., C)`` and covariance ``(..., C, C)`` of ``(..., H, W, C)`` features over the
     H·W positions (covariance = centred Fᵀ·F / (H·W))."""

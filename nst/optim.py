@@ -13,8 +13,6 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import optax
-
 from nst.errors import ConfigError
 
 BUILTIN = ("adam", "lbfgs", "sgd")
@@ -63,6 +61,8 @@ def optimizer_spec(values: dict[str, Any]) -> OptimizerSpec:
 
 
 def _optax_optimizer(name: str) -> Any:
+    import optax
+
     fn = getattr(optax, name, None)
     if not callable(fn) or name.startswith("_"):
         return None
@@ -73,12 +73,14 @@ def _optax_optimizer(name: str) -> Any:
     return fn if "learning_rate" in params else None
 
 
-def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
+def make_optimizer(spec: OptimizerSpec) -> Any:
     """The optax transformation for ``spec``."""
+    import optax  # here, not at import: the config schema (nst.config) uses OptimizerSpec
+
     if spec.name == "adam":
         return optax.adam(_lr(spec), b1=spec.b1, b2=spec.b2, eps=spec.eps)
     if spec.name == "sgd":
-        lr: float | optax.Schedule = _lr(spec)
+        lr: Any = _lr(spec)
         if spec.decay_every > 0:
             lr = optax.exponential_decay(
                 _lr(spec), spec.decay_every, spec.decay_rate, staircase=True

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nst.backbones import BackboneSpec, get_backbone
+from nst.config import alpha_beta
 from nst.engine import LossSpec
 from nst.errors import ConfigError
 from nst.optim import OptimizerSpec, optimizer_spec
@@ -93,13 +94,6 @@ class RunSpec:
     def from_config(cls, cfg: DictConfig) -> RunSpec:
         """Validate ``cfg`` (composed against the schema) and turn it into plain values."""
         return _from_config(cfg)
-
-
-def alpha_beta(alpha: float, beta: float, ab_ratio: float | None) -> float | None:
-    """One definition of the α/β ratio everywhere (trackers, report, figures)."""
-    if ab_ratio is not None:
-        return float(ab_ratio)
-    return float(alpha) / float(beta) if beta else None
 
 
 def name_of(v: Any) -> str:
@@ -263,7 +257,9 @@ def trackers_from_config(node: Any) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, opts in (_container(node) or {}).items():
         if name == "name":
-            raise ConfigError("logger.name is gone: choose trackers with logger=NAME or logger=[A,B]")
+            raise ConfigError(
+                "logger.name is gone: choose trackers with logger=NAME or logger=[A,B]"
+            )
         if name in LEGACY_KEYS:
             raise ConfigError(f"logger.{name} is now logger.wandb.{name} (with logger=wandb)")
         if not isinstance(opts, Mapping):

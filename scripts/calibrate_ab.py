@@ -15,50 +15,44 @@ Prints a JSON line and a short table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hydra import compose, initialize_config_dir
 
+import nst
 from nst import images
-from nst.app import CONFIG_DIR
-from nst.config import register_configs
-from nst.engine import (
-    BackboneSpec,
-    LossSpec,
-    compute_targets,
-    make_loss_fn,
-    make_model,
-    trim_params,
-)
-from nst.run import make_init, specs_from_config
-from nst.backbones.weights import resolve_params
+from nst.backbones import get_backbone
+from nst.engine import build, make_loss_fn
+from nst.run import make_init
+from nst.spec import RunSpec
 
 PAPER_RATIO = 1e-3  # Gatys et al. 2016, Sec. 3 / Fig. 3: the typical alpha/beta
 
 
 def grad_norms(cfg, content, style, noise) -> tuple[float, float]:
     """||grad content|| and ||grad style|| (layer-weighted, before alpha/beta) at ``noise``."""
-    backbone, loss, _ = specs_from_config(cfg)
-    params, info = resolve_params(backbone.arch, "embedded", None, 0)
-    backbone = BackboneSpec(backbone.arch, backbone.pooling, info["preprocessing"])
-    model = make_model(backbone, loss)
-    p = trim_params(model, params)
-    targets = compute_targets(model, p, content, style, loss)
+    spec = RunSpec.from_config(cfg)
+    weights = dataclasses.replace(spec.weights, source="embedded", path=None)
+    params, info = get_backbone(spec.backbone.arch).load(weights)
+    backbone = dataclasses.replace(spec.backbone, preprocessing=info["preprocessing"])
+    loss = spec.loss
+    prog = build(backbone, loss, spec.optimizer, params, content, style)
+    model, p, targets = prog.model, prog.params, prog.targets
 
     def term(name):
-        spec = LossSpec(
+        one = dataclasses.replace(
+            loss,
             **{
-                **loss.__dict__,
                 "alpha": 1.0 if name == "content" else 0.0,
                 "beta": 1.0 if name == "style" else 0.0,
                 "tv": 0.0,
-            }
+            },
         )
-        fn = make_loss_fn(model, spec)
-        g = jax.grad(lambda x: fn(x, p, targets, spec.weights())[0])(jnp.asarray(noise))
+        fn = make_loss_fn(model, one)
+        g = jax.grad(lambda x: fn(x, p, targets, one.weights())[0])(jnp.asarray(noise))
         return float(jnp.linalg.norm(g))
 
     return term("content"), term("style")
@@ -73,10 +67,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
-    register_configs()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        ref_cfg = compose("config")
-        tgt_cfg = compose("config", overrides=[f"impl={a.impl}"])
+    ref_cfg = nst.load_config()
+    tgt_cfg = nst.load_config([f"impl={a.impl}"])
     content = images.resize_longest(images.load_image(a.content), a.size)
     style = images.resize_longest(images.load_image(a.style), max(content.shape[:2]))
     noise = make_init("noise", content, style, seed=a.seed)

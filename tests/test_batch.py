@@ -134,7 +134,7 @@ def test_batched_launcher_matches_the_basic_launcher(tmp_path):
         "loss.beta=1e2,1e4",
         "layers=gatys2016,gatys2016_upto2",  # other layer names: another program
         "logger=wandb",
-        "logger.mode=offline",
+        "logger.wandb.mode=offline",
     ]
     basic, batched = tmp_path / "basic", tmp_path / "batched"
     p1 = nst(*args, f"hydra.sweep.dir={basic}")

@@ -104,7 +104,9 @@ def _spec(*overrides: str):
 
 
 def test_style_scale_and_pyramid_sizes():
-    lv = level_inputs(_spec("style_scale=0.5"), smooth_image(60, 80, 1), [smooth_image(90, 90, 2)], 64)
+    lv = level_inputs(
+        _spec("style_scale=0.5"), smooth_image(60, 80, 1), [smooth_image(90, 90, 2)], 64
+    )
     assert lv.content.shape[:2] == (48, 64) and lv.styles[0].shape[:2] == (32, 32)
     assert pyramid_sizes(256, 3, 2.0) == [64, 128, 256]
     assert pyramid_sizes(256, 1, 2.0) == [256]
@@ -127,7 +129,7 @@ def test_color_modes_blend_and_pyramid_through_a_wandb_sweep(tmp_path):
         "style_blend=[0.7,0.3]",
         "pyramid.levels=2",
         "logger=wandb",
-        "logger.mode=offline",
+        "logger.wandb.mode=offline",
         f"hydra.sweep.dir={sweep}",
     )
     assert p.returncode == 0, p.stderr[-3000:]

@@ -16,6 +16,7 @@ def specs_from_config(cfg):
     spec = RunSpec.from_config(cfg)
     return spec.backbone, spec.loss, spec.optimizer
 
+
 GROUPS = {
     "backbone": ["vgg16", "vgg19", "random_vgg16", "random_vgg19"],
     "layers": ["gatys2016", "gatys2016_upto3", "lewuathe2017", "keras_tutorial", "custom"],

@@ -52,7 +52,7 @@ def test_wandb_offline_sweep_acceptance(tmp_path):
         "loss.beta=1e2,1e4",
         "layers=gatys2016,lewuathe2017",
         "logger=wandb",
-        "logger.mode=offline",
+        "logger.wandb.mode=offline",
         f"hydra.sweep.dir={sweep}",
         "progress=false",
     )
@@ -93,7 +93,7 @@ def test_wandb_init_failure_keeps_local_outputs(tmp_path, monkeypatch):
     p = nst(
         *FAST,
         "logger=wandb",
-        "logger.mode=online",
+        "logger.wandb.mode=online",
         f"hydra.run.dir={out}",
         env={"WANDB_API_KEY": "", "WANDB_CONFIG_DIR": str(tmp_path / "wbcfg")},
     )
@@ -153,7 +153,7 @@ def test_failed_job_is_reported_and_others_run(tmp_path, write_png):
         f"hydra.sweep.dir={sweep}",
         f"style={good}",
         "logger=wandb",
-        "logger.mode=offline",
+        "logger.wandb.mode=offline",
     )
     assert p.returncode != 0
     assert "Traceback" not in p.stderr

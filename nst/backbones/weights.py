@@ -637,7 +637,7 @@ def _load_keras_file(path: Path, arch: str) -> Params:
 
 def _user_file(weights_path: str | None, source: str, hint: str) -> Path:
     if weights_path is None:
-        raise WeightsError(f"backbone.source={source} needs backbone.weights_path={hint}")
+        raise WeightsError(f"backbone.weights={source} needs backbone.weights_path={hint}")
     path = Path(weights_path).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
@@ -663,7 +663,7 @@ def resolve_params(
     if weights_path is not None and source in ("embedded", "random"):
         # Silently ignoring a path the user set would run the wrong weights.
         raise WeightsError(
-            f"backbone.weights_path={weights_path} is not used by backbone.source={source}; "
+            f"backbone.weights_path={weights_path} is not used by backbone.weights={source}; "
             "use source=file (or keras/torchvision) or unset weights_path"
         )
 
@@ -672,7 +672,7 @@ def resolve_params(
     if source == "embedded":
         if arch != "vgg16":
             raise WeightsError(
-                f"the embedded weights are VGG16 only; for {arch} use backbone.source=keras "
+                f"the embedded weights are VGG16 only; for {arch} use backbone.weights=keras "
                 "(downloads the Keras release) or torchvision"
             )
         fmt = "embedded"

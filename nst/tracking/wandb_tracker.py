@@ -48,7 +48,9 @@ def create(options: dict[str, Any], ctx: Any) -> WandbWriter | None:
     if o.mode not in (None, "online", "offline", "disabled"):
         raise ConfigError(f"logger.wandb.mode must be online, offline or disabled, got {o.mode!r}")
     config = flatten(ctx.config)
-    config.update({g: c for g, c in ctx.job.choices.items() if g in ctx.config or g == "experiment"})
+    config.update(
+        {g: c for g, c in ctx.job.choices.items() if g in ctx.config or g == "experiment"}
+    )
     config["alpha_beta"] = ctx.alpha_beta
     config["loss.beta_effective"] = ctx.beta
     config["overrides"] = ",".join(ctx.job.overrides)
