@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from nst.errors import ConfigError
 
+__all__ = ["Result", "load_config", "stylize"]
+
 
 @dataclass
 class Result:
@@ -35,38 +37,31 @@ class Result:
         return self.summary["final"]
 
 
-def _format(value: Any) -> str:
-    """A Python value in Hydra's override grammar (strings quoted, lists and maps nested)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{k}:{_format(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, Sequence):
-        return "[" + ",".join(_format(v) for v in value) + "]"
-    raise ConfigError(f"cannot pass {type(value).__name__} as a config value")
-
-
-def _overrides(kwargs: Mapping[str, Any], groups: set[str]) -> list[str]:
-    """Keyword arguments as override strings: a config group takes an option name
-    (``backbone="vgg19"``) or a map of its keys (``loss={"beta": 1e4}``); other keys take
-    values (``size=64``)."""
-    out = []
+def _split(kwargs: Mapping[str, Any], groups: set[str]) -> tuple[list[str], dict[str, Any]]:
+    """Keyword arguments as group choices (``backbone="vgg19"``: an override, so the group's
+    option is composed) and values (``size=64``, ``loss={"beta": 1e4}``: merged into the
+    composed config, typed and checked by the schema)."""
+    choices, values = [], {}
     for key, value in kwargs.items():
-        if isinstance(value, Mapping) and not (key == "logger" or key.endswith("_layers")):
-            out += [f"{key}.{k}={_format(v)}" for k, v in value.items()]
-        elif key in groups and isinstance(value, str):
-            out.append(f"{key}={value}")
+        if key in groups and isinstance(value, str):
+            choices.append(f"{key}={value}")
         else:
-            out.append(f"{key}={_format(value)}")
-    return out
+            values[key] = os.fspath(value) if isinstance(value, os.PathLike) else value
+    return choices, values
+
+
+def _merge(cfg: DictConfig, values: Mapping[str, Any]) -> DictConfig:
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        for key, value in values.items():
+            if isinstance(value, Mapping) and key in cfg and isinstance(cfg[key], DictConfig):
+                cfg = OmegaConf.merge(cfg, {key: dict(value)})
+            else:
+                cfg = OmegaConf.merge(cfg, {key: value})
+    except OmegaConfBaseException as e:
+        raise ConfigError(" ".join(str(e).split("\n")[0].split())) from None
+    return cfg
 
 
 def _groups() -> set[str]:
@@ -78,21 +73,25 @@ def _groups() -> set[str]:
 def load_config(overrides: Sequence[str] = (), **kwargs: Any) -> DictConfig:
     """The composed config (``nst/conf/config.yaml`` plus command-line style ``overrides`` such
     as ``"loss.beta=1e4"`` or ``"layers=lewuathe2017"``, then ``kwargs`` as in :func:`stylize`).
-    Mistakes fail here with Hydra's message, as on the command line."""
+    Mistakes fail here with Hydra's message, as on the command line. A Hydra app calling this
+    keeps its own Hydra state."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
     from nst.app import CONFIG_DIR
     from nst.config import register_configs
 
     register_configs()
-    args = [*overrides, *_overrides(kwargs, _groups())]
-    gh = GlobalHydra.instance()
-    if gh.is_initialized():
-        gh.clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=args)
-    return cfg
+    choices, values = _split(kwargs, _groups())
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=[*overrides, *choices])
+    finally:
+        restore_gh_from_backup(backup)
+    return _merge(cfg, values)
 
 
 def stylize(
@@ -118,20 +117,20 @@ def stylize(
     from nst.spec import RunSpec
     from nst.tracking import MemoryWriter
 
-    cfg = config if config is not None else load_config(overrides, **kwargs)
+    if config is None:
+        cfg = load_config(overrides, **kwargs)
+    elif overrides or any(k in _groups() and isinstance(v, str) for k, v in kwargs.items()):
+        raise ConfigError("with config=..., pass overrides and group choices to load_config")
+    else:
+        cfg = _merge(config, kwargs)
     inputs = {"content": content, "style": style}
     arrays = {k: v for k, v in inputs.items() if v is not None and not _is_spec(v)}
-    texts = {k: v for k, v in inputs.items() if v is not None and _is_spec(v)}
+    texts = {k: _spec_value(v) for k, v in inputs.items() if v is not None and _is_spec(v)}
     if texts:
-        cfg = OmegaConf.merge(cfg, {k: _spec_value(v) for k, v in texts.items()})
-    spec = RunSpec.from_config(cfg)
-    if "content" in arrays:
-        spec.content = arrays["content"]
-    if "style" in arrays:
-        styles = arrays["style"]
-        spec.styles = list(styles) if isinstance(styles, list | tuple) else [styles]
-        if spec.style_blend is None and len(spec.styles) > 1:
-            spec.style_blend = [1.0 / len(spec.styles)] * len(spec.styles)
+        cfg = _merge(cfg, texts)
+    if "style" in arrays and not isinstance(arrays["style"], list | tuple):
+        arrays["style"] = [arrays["style"]]
+    spec = RunSpec.from_config(cfg, images=arrays)
     memory = MemoryWriter()
     run_dir = Path(output_dir) if output_dir is not None else None
     summary = run(spec, run_dir, writers=[memory])

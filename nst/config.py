@@ -165,6 +165,15 @@ class EarlyStopConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Fixed evaluation metrics (nst/evaluate.py: eval/content, eval/style, eval/ssim,
+    # eval/color) on the final image, comparable across runs of any settings; also every
+    # `every` steps at log steps (0: final only).
+    enabled: bool = True
+    every: int = 0
+
+
+@dataclass
 class NSTConfig:
     content: str = "sample:chelsea"
     style: Any = "sample:ihc"  # one image, or a list blended with style_blend
@@ -186,13 +195,17 @@ class NSTConfig:
     checkpoint_every: int = 50  # full state to RUN_DIR/checkpoint.npz every N steps (0: never)
     resume: bool = False  # continue from RUN_DIR/checkpoint.npz; skip a finished run
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # progress.gif in the run directory at the end: the initial image, every snapshot
+    # (save_every) and the result; also logged to trackers and shown in the sweep report.
+    animation: bool = False
     max_pixels: int = 100_000_000
     progress: bool = True
     debug: bool = False
     backbone: BackboneConfig = MISSING
     layers: LayersConfig = field(default_factory=LayersConfig)
     loss: LossConfig = MISSING
-    optimizer: OptimizerSpec = MISSING
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     init: InitConfig = MISSING
     # Trackers besides the local files: name -> options (logger=wandb, logger=[wandb,tensorboard]).
     logger: dict[str, Any] = field(default_factory=dict)
@@ -256,4 +269,6 @@ def register_configs() -> None:
         OmegaConf.set_struct(node.layers[key], False)
     # Trackers and optax keyword arguments are open maps too (their owners check them).
     OmegaConf.set_struct(node.logger, False)
+    OmegaConf.set_struct(node.optimizer.kwargs, False)
+    OmegaConf.set_struct(node.optimizer.schedule_kwargs, False)
     cs.store(name="nst_schema", node=node)

@@ -339,6 +339,8 @@ def compile_calls(
     """Ahead-of-time executables of ``make_update(n)`` (state donated) for every distinct call
     length n between ``start`` and the call ``ends`` (:func:`call_boundaries`), keyed by n, so
     compile time is reported apart from step time."""
+    if not ends:  # steps=0 (or resumed at the end): nothing to run, the result is the start
+        return {}
     lengths = sorted({b - a for a, b in zip([start, *ends[:-1]], ends, strict=True)})
     return {n: jax.jit(make_update(n), donate_argnums=0).lower(*args).compile() for n in lengths}
 
@@ -526,6 +528,8 @@ def stylize(
     style_blend: Sequence[float] | None = None,
     content_mask: np.ndarray | None = None,
     style_masks: Sequence[np.ndarray | None] | None = None,
+    image_metrics: Callable[[np.ndarray], dict[str, float]] | None = None,
+    image_metrics_every: int = 0,
 ) -> RunResult:
     """Optimize ``init`` (``(H, W, 3)``, 0..255) so its features match ``content``'s and its Grams
     match ``style``'s. Logs rows at step 0, every ``log_every`` steps and at ``steps`` (the
@@ -537,7 +541,11 @@ def stylize(
     handlers set it): the state is checkpointed and :class:`Interrupted` raised.
 
     Early stopping (``early_stop_patience`` > 0): the run ends when the total loss has not fallen
-    by a relative ``early_stop_min_delta`` over ``early_stop_patience`` consecutive log rows."""
+    by a relative ``early_stop_min_delta`` over ``early_stop_patience`` consecutive log rows.
+
+    ``image_metrics(image)`` (e.g. :mod:`nst.evaluate`) adds numbers to the final row and to the
+    log rows every ``image_metrics_every`` steps; the learning rate of a scheduled optimizer is
+    logged as ``lr``."""
     writer = writer or MetricWriter()
     prog = build(
         backbone,
@@ -581,6 +589,9 @@ def stylize(
         progress=progress,
         desc="nst",
         compile_s=compile_s,
+        step_metrics=learning_rate_fn(optimizer),
+        image_metrics=[image_metrics],
+        image_metrics_every=image_metrics_every,
     )
     if isinstance(out, Exception):
         raise out
@@ -609,6 +620,9 @@ def drive_calls(
     progress: bool = True,
     desc: str = "nst",
     compile_s: float = 0.0,
+    step_metrics: Callable[[int], dict[str, float]] | None = None,
+    image_metrics: Sequence[Callable[[np.ndarray], dict[str, float]] | None] = (),
+    image_metrics_every: int = 0,
 ) -> list[RunResult | Diverged | Interrupted]:
     """The host side of one optimization, or of B jobs optimized as one batched program: runs
     the ahead-of-time executables ``compiled[n]`` (n steps each, see :func:`compile_calls`) up to
@@ -616,8 +630,11 @@ def drive_calls(
     divergence, interruption and (single runs only) a plateau. ``batched`` states and metrics
     carry a leading job axis of ``len(writers)``; ``evaluate(image, *args)`` gives the final
     losses. Returns each job's :class:`RunResult`, or its :class:`Diverged`/:class:`Interrupted`
-    (a diverged job's slice is not logged, saved or checkpointed again; the others go on)."""
+    (a diverged job's slice is not logged, saved or checkpointed again; the others go on).
+    ``step_metrics(step)`` adds to every row (the learning rate); ``image_metrics[j](image)`` to
+    job j's final row and, every ``image_metrics_every`` steps, to its log rows."""
     b = len(writers)
+    measures = list(image_metrics) + [None] * (b - len(image_metrics))
     if batched and early_stop_patience > 0:
         raise ValueError("batched jobs do not stop early (such jobs run alone)")
 
@@ -639,6 +656,15 @@ def drive_calls(
         total=steps, initial=start, unit="step", desc=desc, disable=not progress, dynamic_ncols=True
     ) as bar:
         for end in ends:
+            pre: dict[int, dict[str, float]] = {}
+            every = image_metrics_every
+            if every > 0 and done % every == 0 and done % log_every == 0 and any(measures):
+                images = np.asarray(jax.device_get(state.image))  # before the call donates it
+                pre = {
+                    j: measures[j](pick(images, j))
+                    for j in range(b)
+                    if measures[j] is not None and out[j] is None
+                }
             tc = time.perf_counter()
             state, metrics = compiled[end - done](state, params, targets, weights)
             finite = np.asarray(jax.device_get(metrics["finite"]))  # (k,) or (B, k): a tiny sync
@@ -662,6 +688,10 @@ def drive_calls(
                     for s in log_steps:
                         row = {n: float(pick(host[n], j)[s - done]) for n in order}
                         row["sec_per_step"] = sps
+                        if step_metrics is not None:
+                            row.update(step_metrics(s))
+                        if s == done and j in pre:
+                            row.update(pre[j])
                         writers[j].write_scalars(s, row)
                         if s == 0:
                             initial[j] = row
@@ -705,6 +735,10 @@ def drive_calls(
             continue
         f = {n: float(pick(final[n], j)) for n in order}
         f["sec_per_step"] = sec
+        if step_metrics is not None:
+            f.update(step_metrics(done))
+        if measures[j] is not None:
+            f.update(measures[j](pick(images, j)))
         writers[j].write_scalars(done, f)
         out[j] = RunResult(
             image=pick(images, j),
@@ -716,3 +750,15 @@ def drive_calls(
             sec_per_step=sec,
         )
     return out
+
+
+def learning_rate_fn(optimizer: OptimizerSpec) -> Callable[[int], dict[str, float]] | None:
+    """``step -> {"lr": rate}`` for optimizers with a schedule (None for a constant rate)."""
+    from nst.optim import learning_rate
+
+    if optimizer.name == "lbfgs":
+        return None
+    lr = learning_rate(optimizer)
+    if not callable(lr):
+        return None
+    return lambda step: {"lr": float(lr(step))}

@@ -90,7 +90,7 @@ def load_image(spec: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 
 def load_any(image: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """:func:`load_image` for a path or ``sample:NAME``; also a PIL image, or an array
-    ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``: integer arrays in 0..255, float arrays in 0..1
+    ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)``: integer arrays in 0..255, float arrays in 0..1
     when their maximum is at most 1, else in 0..255. Returns float32 RGB ``(H, W, 3)``."""
     if isinstance(image, str | os.PathLike):
         return load_image(image, max_pixels)
@@ -98,12 +98,19 @@ def load_any(image: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         w, h = image.size
         if w * h > max_pixels:
             raise ImageError(f"a {w}x{h} image exceeds the limit of {max_pixels} pixels")
-        return np.asarray(to_rgb(ImageOps.exif_transpose(image)), np.float32)
+        try:
+            return np.asarray(to_rgb(ImageOps.exif_transpose(image)), np.float32)
+        except (OSError, ValueError) as e:
+            raise ImageError(f"the PIL image cannot be decoded ({one_line(e)})") from None
     a = np.asarray(image)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=-1)
     if a.ndim != 3 or a.shape[-1] not in (3, 4) or min(a.shape[:2]) < 1 or a.size == 0:
-        raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got {a.shape}")
+        raise ImageError(
+            f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {a.shape}"
+        )
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise ImageError(f"an image array must hold numbers, got dtype {a.dtype}")
     if a.shape[0] * a.shape[1] > max_pixels:
@@ -177,4 +184,15 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write ``(H, W, 3)`` 0..255 pixels as PNG atomically (temp file + rename)."""
     buf = io.BytesIO()
     Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def save_gif(frames: list[np.ndarray], path: str | os.PathLike, ms: int = 250) -> Path:
+    """``frames`` (``(H, W, 3)`` 0..255; resized to the last one's size) as a looping GIF, the
+    last frame held four times as long, written atomically."""
+    size = frames[-1].shape[1], frames[-1].shape[0]
+    ims = [Image.fromarray(to_uint8(f)).resize(size, Image.Resampling.LANCZOS) for f in frames]
+    buf = io.BytesIO()
+    durations = [ms] * (len(ims) - 1) + [4 * ms]
+    ims[0].save(buf, format="GIF", save_all=True, append_images=ims[1:], duration=durations, loop=0)
     return atomic_write_bytes(path, buf.getvalue())

@@ -5,8 +5,13 @@ Shapes: features are ``(..., H, W, C)`` (leading batch dims allowed, summed over
 ``(..., H, W, 3)`` pixels. Every function returns a scalar. Two normalizations are offered because
 the paper's absolute numbers are tied to its *normalized* VGG19 and to summed losses:
 
-* ``"paper"``: content ½·Σ(F−P)² (eq. 1); style E_l = Σ(G−A)² / (4·N_l²·M_l²) (eq. 4), with
-  the unnormalized Gram G = F·Fᵀ (eq. 3), N_l filters and M_l = H·W positions.
+* ``"paper"``: content ½·Σ(F−P)² (eq. 1); style E_l = Σ(G/M_x − A/M_s)² / (4·N_l²) with the
+  unnormalized Grams G = F·Fᵀ of the image (eq. 3) and A of the style, N_l filters, and M_x, M_s
+  the positions (H·W) of the image's and the style's feature maps. When the two sizes are equal
+  this is eq. 4, Σ(G−A)² / (4·N_l²·M_l²); when the style image has another size, dividing each
+  Gram by its own M is what keeps the loss minimal at equal per-position statistics (dividing
+  both by M_x², a literal reading of eq. 4, would pull the image towards M_s/M_x times the
+  style's Gram).
 * ``"mean"``: content mean((F−P)²); Gram G/(C·H·W) and style mean((G−A)²). Scale-free in the
   image size, so α/β transfer between sizes and layers.
 * ``"authors"`` (style only): Gram G/(H·W) and mean((G−A)²), as in the authors' released code
@@ -29,8 +34,8 @@ NORMS = ("paper", "mean", "authors", "relative")
 def gram(features: jnp.ndarray, norm: str = "mean") -> jnp.ndarray:
     """Gram matrix of ``(..., H, W, C)`` features -> ``(..., C, C)``.
 
-    ``paper``: G_ij = Σ_k F_ik F_jk (eq. 3). ``mean``: the same divided by C·H·W.
-    ``authors``: divided by H·W.
+    ``paper``: G_ij = Σ_k F_ik F_jk (eq. 3) divided by M = H·W (see the module docstring).
+    ``mean``: divided by C·H·W. ``authors``: divided by H·W (the same as ``paper``).
     """
     *_, h, w, c = features.shape
     f = features.reshape(*features.shape[:-3], h * w, c)
@@ -63,11 +68,9 @@ def normalize_gram(raw_gram: jnp.ndarray, positions: int, norm: str = "mean") ->
     ``positions`` = H·W feature positions (what a Gram summed over image strips gives)."""
     c = raw_gram.shape[-1]
     positions = float(positions)  # C·H·W can exceed int32 for large images
-    if norm == "paper":
-        return raw_gram
     if norm in ("mean", "relative"):
         return raw_gram / (c * positions)
-    if norm == "authors":
+    if norm in ("paper", "authors"):
         return raw_gram / positions
     raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
 
@@ -92,12 +95,14 @@ def style_layer_loss(
 ) -> jnp.ndarray:
     """Style loss of one layer: features ``(..., H, W, C)`` against a Gram target ``(..., C, C)``.
 
-    ``paper``: E_l = Σ(G−A)² / (4·N_l²·M_l²) with N_l = C, M_l = H·W (eq. 4).
+    ``paper``: E_l = Σ(G/M_x − A/M_s)² / (4·N_l²) with N_l = C, M_x = H·W and the target
+    ``A/M_s`` (:func:`gram` of the style's features); eq. 4 when the sizes are equal.
     ``mean``: mean((G−A)²) with Grams normalized by C·H·W; ``authors``: by H·W.
     ``relative``: the ``mean`` loss divided by mean(A²).
     """
     *_, h, w, c = features.shape
-    return gram_style_loss(gram(features, "paper"), h * w, target_gram, norm)
+    f = features.reshape(*features.shape[:-3], h * w, c)
+    return gram_style_loss(raw_gram(f), h * w, target_gram, norm)
 
 
 def gram_style_loss(
@@ -108,7 +113,7 @@ def gram_style_loss(
     c = raw_gram.shape[-1]
     d2 = jnp.square(normalize_gram(raw_gram, positions, norm) - target_gram)
     if norm == "paper":
-        return jnp.sum(d2) / (4.0 * c**2 * float(positions) ** 2)
+        return jnp.sum(d2) / (4.0 * c**2)
     if norm == "relative":
         return jnp.mean(d2) / (jnp.mean(jnp.square(target_gram)) + 1e-30)
     return jnp.mean(d2)
@@ -158,11 +163,9 @@ def guided_gram(features: jnp.ndarray, guide: jnp.ndarray, norm: str = "mean") -
     f = (features * guide[..., None]).reshape(*features.shape[:-3], h * w, c)
     g = raw_gram(f)
     mass = jnp.sum(jnp.square(guide)) + 1e-8
-    if norm == "paper":
-        return g
     if norm in ("mean", "relative"):
         return g / (c * mass)
-    if norm == "authors":
+    if norm in ("paper", "authors"):
         return g / mass
     raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
 
@@ -174,7 +177,7 @@ def guided_style_loss(
     c = features.shape[-1]
     d2 = jnp.square(guided_gram(features, guide, norm) - target_gram)
     if norm == "paper":
-        return jnp.sum(d2) / (4.0 * c**2 * (jnp.sum(jnp.square(guide)) + 1e-8) ** 2)
+        return jnp.sum(d2) / (4.0 * c**2)
     if norm == "relative":
         return jnp.mean(d2) / (jnp.mean(jnp.square(target_gram)) + 1e-30)
     return jnp.mean(d2)

@@ -37,6 +37,12 @@ class OptimizerSpec:
     decay_rate: float = 0.5
     # Keyword arguments of any other optax optimizer (optax.<name>(learning_rate=lr, **kwargs)).
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Learning-rate schedule (not for lbfgs, whose line search sets the step): constant,
+    # piecewise (schedule_kwargs.boundaries_and_scales {step: factor}), exponential
+    # (transition_steps, decay_rate[, staircase]), cosine (decay_steps[, alpha]), or any optax
+    # schedule taking init_value. The rate is logged per step as ``lr``.
+    schedule: str = "constant"
+    schedule_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def needs_value_fn(self) -> bool:
@@ -55,8 +61,22 @@ def optimizer_spec(values: dict[str, Any]) -> OptimizerSpec:
             f"optimizer.name={spec.name!r} is neither {', '.join(BUILTIN)} nor an optax optimizer "
             "(e.g. adamw, rmsprop, adabelief, lion)"
         )
+    if spec.name not in BUILTIN:
+        try:
+            inspect.signature(_optax_optimizer(spec.name)).bind(learning_rate=1.0, **spec.kwargs)
+        except TypeError as e:
+            raise ConfigError(f"optimizer.kwargs do not fit optax.{spec.name}: {e}") from None
+    elif spec.kwargs:
+        raise ConfigError(
+            f"optimizer.kwargs are for optax optimizers by name; {spec.name} has its own keys"
+        )
     if spec.name != "lbfgs" and (spec.lr is None or not (math.isfinite(spec.lr) and spec.lr > 0)):
         raise ConfigError(f"optimizer.lr must be > 0 for {spec.name}, got {spec.lr}")
+    spec.schedule_kwargs = dict(spec.schedule_kwargs or {})
+    if spec.name == "lbfgs" and spec.schedule not in (None, "", "constant"):
+        raise ConfigError("optimizer.schedule does not apply to lbfgs (its line search sets steps)")
+    if spec.name != "lbfgs":
+        learning_rate(spec)  # a bad schedule fails here, before anything compiles
     return spec
 
 
@@ -78,13 +98,9 @@ def make_optimizer(spec: OptimizerSpec) -> Any:
     import optax  # here, not at import: the config schema (nst.config) uses OptimizerSpec
 
     if spec.name == "adam":
-        return optax.adam(_lr(spec), b1=spec.b1, b2=spec.b2, eps=spec.eps)
+        return optax.adam(learning_rate(spec), b1=spec.b1, b2=spec.b2, eps=spec.eps)
     if spec.name == "sgd":
-        lr: Any = _lr(spec)
-        if spec.decay_every > 0:
-            lr = optax.exponential_decay(
-                _lr(spec), spec.decay_every, spec.decay_rate, staircase=True
-            )
+        lr = learning_rate(spec)
         return optax.sgd(lr, momentum=spec.momentum or None, nesterov=spec.nesterov)
     if spec.name == "lbfgs":
         return optax.lbfgs(
@@ -98,9 +114,39 @@ def make_optimizer(spec: OptimizerSpec) -> Any:
     if fn is None:
         raise ValueError(f"unknown optimizer {spec.name!r}; valid: {', '.join(BUILTIN)} or optax's")
     try:
-        return fn(learning_rate=_lr(spec), **spec.kwargs)
+        return fn(learning_rate=learning_rate(spec), **spec.kwargs)
     except TypeError as e:
         raise ConfigError(f"optimizer.kwargs do not fit optax.{spec.name}: {e}") from None
+
+
+def learning_rate(spec: OptimizerSpec) -> Any:
+    """The learning rate of ``spec``: a float, or an optax schedule (step -> rate) when
+    ``schedule`` is set (or SGD's ``decay_every``)."""
+    import optax
+
+    lr = _lr(spec)
+    if spec.name == "sgd" and spec.decay_every > 0:
+        return optax.exponential_decay(lr, spec.decay_every, spec.decay_rate, staircase=True)
+    if spec.schedule in (None, "", "constant"):
+        return lr
+    kwargs = dict(spec.schedule_kwargs or {})
+    try:
+        if spec.schedule == "piecewise":
+            scales = {int(k): float(v) for k, v in kwargs.pop("boundaries_and_scales", {}).items()}
+            return optax.piecewise_constant_schedule(lr, scales, **kwargs)
+        if spec.schedule == "exponential":
+            return optax.exponential_decay(lr, **kwargs)
+        if spec.schedule == "cosine":
+            return optax.cosine_decay_schedule(lr, **kwargs)
+        fn = getattr(optax, spec.schedule, None)
+        if not callable(fn):
+            raise ConfigError(
+                f"optimizer.schedule={spec.schedule!r} is not constant, piecewise, exponential, "
+                "cosine or an optax schedule"
+            )
+        return fn(init_value=lr, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"optimizer.schedule_kwargs do not fit {spec.schedule}: {e}") from None
 
 
 def _lr(spec: OptimizerSpec) -> float:

@@ -14,6 +14,7 @@ import base64
 import csv
 import html
 import io
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,8 @@ def contact_sheet(jobs: list[Job], keys: list[str], thumb: int = THUMB) -> Image
 
 
 CSV_LOSSES = ("total", "content", "style", "tv")
+# The fixed evaluation (nst/evaluate.py): comparable across jobs of any settings.
+CSV_EVAL = ("eval/content", "eval/style", "eval/ssim", "eval/color")
 
 
 def summary_rows(jobs: list[Job], keys: list[str]) -> list[dict[str, Any]]:
@@ -127,11 +130,108 @@ def summary_rows(jobs: list[Job], keys: list[str]) -> list[dict[str, Any]]:
         for name in CSV_LOSSES:
             v = j.final.get(name)
             row[f"final_{name}"] = "" if v is None else v
+        for name in CSV_EVAL:
+            v = j.final.get(name)
+            row[name.replace("/", "_")] = "" if v is None else v
         row["steps"] = j.summary.get("steps", "")
         row["wall_s"] = round(j.summary["wall_s"], 2) if "wall_s" in j.summary else ""
         row["error"] = j.error
         out.append(row)
     return out
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (both minimized), in
+    order of the first coordinate."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], math.inf
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def job_label(job: Job, keys: list[str]) -> str:
+    """A job's name in plots: its α/β and the other swept values."""
+    parts = []
+    ab = job.alpha_beta()
+    if ab is not None and math.isfinite(ab):
+        parts.append(f"{AB}={ab:.3g}")
+    parts += [
+        format_value(k, job.overrides.get(k))
+        for k in keys
+        if k not in ("loss.alpha", "loss.beta", "loss.ab_ratio")
+    ]
+    return ", ".join(parts) or f"job {job.num}"
+
+
+def svg_tradeoff(jobs: list[Job], keys: list[str], width: int = 560, height: int = 380) -> str:
+    """Scatter of ``eval/style`` (y) against ``eval/content`` (x), log-log, one labelled point per
+    finished job, the grid's Pareto front as a line. Empty string when no job has them."""
+    pts = [
+        (j, float(j.final["eval/content"]), float(j.final["eval/style"]))
+        for j in jobs
+        if j.status == "ok" and "eval/content" in j.final and "eval/style" in j.final
+    ]
+    pts = [(j, x, y) for j, x, y in pts if x > 0 and y > 0]
+    if not pts:
+        return ""
+    left, right, top, bottom = 70, 20, 20, 50
+    lx = [math.log10(x) for _, x, _ in pts]
+    ly = [math.log10(y) for _, _, y in pts]
+    x0, x1 = min(lx) - 0.1, max(lx) + 0.1
+    y0, y1 = min(ly) - 0.1, max(ly) + 0.1
+
+    def px(v: float) -> float:
+        return left + (v - x0) / (x1 - x0) * (width - left - right)
+
+    def py(v: float) -> float:
+        return height - bottom - (v - y0) / (y1 - y0) * (height - top - bottom)
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" '
+        f'height="{height - top - bottom}" fill="white" stroke="#999"/>',
+    ]
+    for e in range(math.floor(x0), math.ceil(x1) + 1):  # decade ticks
+        if x0 <= e <= x1:
+            out.append(
+                f'<line x1="{px(e):.1f}" y1="{height - bottom}" x2="{px(e):.1f}" '
+                f'y2="{height - bottom + 5}" stroke="#666"/><text x="{px(e):.1f}" '
+                f'y="{height - bottom + 17}" text-anchor="middle">1e{e}</text>'
+            )
+    for e in range(math.floor(y0), math.ceil(y1) + 1):
+        if y0 <= e <= y1:
+            out.append(
+                f'<line x1="{left - 5}" y1="{py(e):.1f}" x2="{left}" y2="{py(e):.1f}" '
+                f'stroke="#666"/><text x="{left - 8}" y="{py(e) + 4:.1f}" '
+                f'text-anchor="end">1e{e}</text>'
+            )
+    out.append(
+        f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle">'
+        "eval/content (relative feature error to the content, log) &#8594;</text>"
+        f'<text transform="translate(16,{(top + height - bottom) / 2}) rotate(-90)" '
+        'text-anchor="middle">eval/style (relative Gram error to the style, log) &#8594;</text>'
+    )
+    front = pareto_front([(x, y) for _, x, y in pts])
+    if len(front) > 1:
+        line = " ".join(f"{px(lx[i]):.1f},{py(ly[i]):.1f}" for i in front)
+        out.append(f'<polyline points="{line}" fill="none" stroke="#c33" stroke-width="1.5"/>')
+    for i, (j, _, _) in enumerate(pts):
+        color = "#c33" if i in front else "#36c"
+        out.append(
+            f'<circle cx="{px(lx[i]):.1f}" cy="{py(ly[i]):.1f}" r="4" fill="{color}">'
+            f"<title>job {j.num}</title></circle>"
+            f'<text x="{px(lx[i]) + 6:.1f}" y="{py(ly[i]) - 6:.1f}">'
+            f"{html.escape(job_label(j, keys))}</text>"
+        )
+    out.append(
+        f'<text x="{width - right - 4}" y="{top + 14}" text-anchor="end" fill="#c33">'
+        "&#8212; Pareto front (lower is better on both)</text></svg>"
+    )
+    return "".join(out)
 
 
 def _svg_curves(job: Job, width: int = 260, height: int = 90) -> str:
@@ -190,6 +290,8 @@ def html_report(sweep_dir: Path, jobs: list[Job], keys: list[str], sheet: Image.
             "content",
             "style",
             "tv",
+            "eval content",
+            "eval style",
             "wall s",
             "result",
             "losses (log)",
@@ -206,9 +308,17 @@ def html_report(sweep_dir: Path, jobs: list[Job], keys: list[str], sheet: Image.
         ]
         cells += [html.escape(str(r[k])) for k in keys]
         cells += (
-            [r["alpha_beta"]] + [_fmt(r[f"final_{n}"]) for n in CSV_LOSSES] + [str(r["wall_s"])]
+            [r["alpha_beta"]]
+            + [_fmt(r[f"final_{n}"]) for n in CSV_LOSSES]
+            + [_fmt(r["eval_content"]), _fmt(r["eval_style"]), str(r["wall_s"])]
         )
-        cells += [f'<img src="{_data_uri(thumb, "JPEG")}" width="128">', _svg_curves(j)]
+        image = f'<img src="{_data_uri(thumb, "JPEG")}" width="128">'
+        rel = html.escape(j.dir.name, quote=True)
+        if j.result is not None:  # relative links: the report opens from the sweep directory
+            image = f'<a href="{rel}/result.png">{image}</a>'
+        if (j.dir / "progress.gif").exists():
+            image += f'<br><a href="{rel}/progress.gif">progress.gif</a>'
+        cells += [image, _svg_curves(j)]
         body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     n_bad = sum(j.status != "ok" for j in jobs)
     return f"""<!doctype html>
@@ -221,11 +331,23 @@ th {{ background: #f3f3f3; }} tr.bad td {{ background: #fdecea; }} small {{ colo
 <h1>nst sweep: {html.escape(str(sweep_dir))}</h1>
 <p>{len(jobs)} jobs, {len(jobs) - n_bad} finished, {n_bad} failed or unfinished. Swept: {html.escape(", ".join(keys) or "nothing")}.</p>
 <img src="{_data_uri(sheet)}" style="max-width:100%">
+{_tradeoff_section(jobs, keys)}
 <h2>Jobs</h2>
 <table><tr>{head}</tr>
 {"".join(body)}
 </table></body></html>
 """
+
+
+def _tradeoff_section(jobs: list[Job], keys: list[str]) -> str:
+    svg = svg_tradeoff(jobs, keys)
+    if not svg:
+        return ""
+    return (
+        "<h2>Trade-off</h2><p>Every job measured with the same yardstick (nst/evaluate.py: "
+        "embedded VGG16, content relu4_2, style relu1_1&#8230;relu5_1): lower-left is better "
+        "on both; red points are the grid's Pareto front.</p>" + svg
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -254,6 +376,9 @@ def build_report(sweep_dir: str | Path) -> dict[str, Any]:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(sweep_dir / "summary.csv", out.getvalue().encode())
+    tradeoff = svg_tradeoff(jobs, keys)
+    if tradeoff:
+        atomic_write_bytes(sweep_dir / "tradeoff.svg", tradeoff.encode())
     failed = [j for j in jobs if j.status != "ok"]
     info = {
         "jobs": len(jobs),

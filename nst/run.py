@@ -56,12 +56,8 @@ def make_init(
     if kind == "style":
         return images.resize_to(style, hw)
     if kind == "file":
-        if not path:
-            raise ConfigError("init=file needs init.path=FILE")
         return images.resize_to(images.load_image(path, max_pixels), hw)
     if kind == "noise":
-        if not 0.0 <= mix <= 1.0:
-            raise ConfigError(f"init.mix must be in [0, 1], got {mix}")
         rng = np.random.default_rng(seed)
         if distribution == "uniform":
             z = rng.uniform(-1.0, 1.0, content.shape)
@@ -167,7 +163,13 @@ def run(
     run_dir = None if run_dir is None else Path(run_dir)
     try:
         if not isinstance(spec, RunSpec):
-            spec = RunSpec.from_config(spec)
+            try:
+                spec = RunSpec.from_config(spec)
+            except BaseException:
+                # A bad config on a re-run: no earlier summary.json may stand next to error.json.
+                if run_dir is not None and not bool(spec.get("resume", False)):
+                    (run_dir / "summary.json").unlink(missing_ok=True)
+                raise
         return _run(spec, run_dir, job or JobInfo(), stylize_fn or stylize, writers or [])
     except BaseException as e:
         if run_dir is None:
@@ -197,7 +199,8 @@ def _run(
         done = run_dir / "summary.json"
         if done.exists() and json.loads(done.read_text()).get("status") == "ok":
             print(f"nst: {run_dir} already finished; nothing to resume", flush=True)
-            return json.loads(done.read_text())
+            summary = json.loads(done.read_text())
+            return {**summary, "image": images.to_uint8(images.load_image(run_dir / "result.png"))}
         if ckpt_path.exists():
             from nst.engine import load_checkpoint
 
@@ -242,18 +245,19 @@ def _run(
                     should_stop=stop.is_set,
                     sizes=sizes,
                     levels=levels,
+                    styles_raw=styles_raw,
                 )
             except Diverged as d:
                 raise _record_divergence(d, spec, run_dir, t0) from None
             except Interrupted as i:
-                where = "nowhere (no run directory)"
                 if run_dir is not None:
                     images.save_image(i.image, run_dir / "interrupted.png")
-                    where = str(run_dir)
-                msg = (
-                    f"interrupted at step {i.step}; checkpoint and image saved in {where}; "
-                    "continue with the same command plus resume=true"
-                )
+                    msg = (
+                        f"interrupted at step {i.step}; checkpoint and image saved in {run_dir}; "
+                        "continue with the same command plus resume=true"
+                    )
+                else:
+                    msg = f"interrupted at step {i.step} (no run directory: nothing was saved)"
                 if run_dir is not None:
                     atomic_write_json(
                         run_dir / "summary.json",
@@ -317,6 +321,10 @@ def _run(
                     "compile_s": result.compile_s,
                 }
             )
+            if run_dir is not None and spec.animation:
+                gif = _write_animation(run_dir, init, result.image)
+                writer.write_animation("progress", gif)
+                summary["animation"] = str(gif)
             if run_dir is not None:
                 # result.png, then summary.json last: a summary means the run is complete.
                 images.save_image(result.image, run_dir / "result.png")
@@ -332,6 +340,13 @@ def _run(
         finally:
             writer.close(exit_code)
     return {**summary, "image": images.to_uint8(result.image)}
+
+
+def _write_animation(run_dir: Path, init: np.ndarray, result: np.ndarray) -> Path:
+    """progress.gif: the initial image, the snapshots in step order, the result."""
+    snaps = sorted((run_dir / "snapshots").glob("step_*.png"))
+    frames = [init, *(images.load_image(p) for p in snaps), result]
+    return images.save_gif(frames, run_dir / "progress.gif")
 
 
 def _describe(image: Any) -> str:
@@ -373,6 +388,7 @@ def _optimize(
     should_stop: Callable[[], bool],
     sizes: list[int],
     levels: list[Inputs],
+    styles_raw: list[np.ndarray],
 ) -> tuple[Any, Inputs]:
     """Run the optimization, coarse to fine when ``pyramid.levels`` > 1: each level starts from
     the previous level's result upsampled (the optimizer starts afresh: Adam's moments and
@@ -383,6 +399,7 @@ def _optimize(
 
     result, lv = None, None
     offset = 0
+    evaluator = _evaluator(spec, levels[-1], styles_raw) if spec.eval_enabled else None
     for k, (size_k, lv) in enumerate(zip(sizes, levels, strict=True)):
         last = k == len(sizes) - 1
         steps = spec.pyramid_steps[k]
@@ -413,19 +430,29 @@ def _optimize(
             style_blend=spec.style_blend,
             content_mask=lv.content_mask,
             style_masks=lv.style_masks,
+            image_metrics=evaluator if last and spec.color != "luminance" else None,
+            image_metrics_every=spec.eval_every,
         )
     assert result is not None and lv is not None
     if spec.color == "luminance":
         result.image = color.recombine(result.image, lv.content_rgb)
+        if evaluator is not None:  # the recombined colour image is the result to evaluate
+            result.final_metrics.update(evaluator(result.image))
     return result, lv
+
+
+def _evaluator(spec: RunSpec, last: Inputs, styles_raw: list[np.ndarray]) -> Any:
+    """The fixed evaluation (nst.evaluate) against the colour content at the result's size and
+    the styles at the size the run uses them."""
+    from nst.evaluate import make_evaluator
+
+    side = max(1, round(max(last.content_rgb.shape[:2]) * spec.style_scale))
+    styles = [images.resize_longest(s, side) for s in styles_raw]
+    return make_evaluator(last.content_rgb, styles, spec.style_blend)
 
 
 def pyramid_sizes(size: int, levels: int, factor: float) -> list[int]:
     """Longest sides of the coarse-to-fine levels, ending at ``size``."""
-    if levels < 1:
-        raise ConfigError(f"pyramid.levels must be >= 1, got {levels}")
-    if levels > 1 and not factor > 1:
-        raise ConfigError(f"pyramid.scale_factor must be > 1, got {factor}")
     return [max(1, round(size / factor**k)) for k in range(levels - 1, -1, -1)]
 
 

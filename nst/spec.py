@@ -69,9 +69,11 @@ class RunSpec:
     resume: bool
     max_pixels: int
     progress: bool
-    debug: bool
     early_stop_patience: int
     early_stop_min_delta: float
+    eval_enabled: bool
+    eval_every: int
+    animation: bool
     pyramid_levels: int
     pyramid_scale_factor: float
     pyramid_steps: list[int]  # one per level, coarse to fine
@@ -91,9 +93,11 @@ class RunSpec:
         return alpha_beta(self.loss.alpha, self.loss.beta, self.ab_ratio)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> RunSpec:
-        """Validate ``cfg`` (composed against the schema) and turn it into plain values."""
-        return _from_config(cfg)
+    def from_config(cls, cfg: DictConfig, images: Mapping[str, Any] | None = None) -> RunSpec:
+        """Validate ``cfg`` (composed against the schema) and turn it into plain values.
+        ``images`` may replace ``content`` (an array or PIL image) and ``style`` (a list of
+        them), as the Python API hands them in; they are validated like the config's."""
+        return _from_config(cfg, dict(images or {}))
 
 
 def name_of(v: Any) -> str:
@@ -177,10 +181,6 @@ def _backbone(cfg: DictConfig) -> BackboneSpec:
     rows = b.strip_rows
     if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
         raise ConfigError(f"backbone.strip_rows must be an integer >= 0, got {rows!r}")
-    from nst.backbones.vgg import CONV_CHOICES
-
-    if str(b.conv) not in CONV_CHOICES:
-        raise ConfigError(f"backbone.conv must be one of {', '.join(CONV_CHOICES)}, got {b.conv!r}")
     return BackboneSpec(
         arch=arch,
         pooling=name_of(b.pooling),
@@ -198,8 +198,15 @@ def _seed(key: str, value: Any) -> int:
     return v
 
 
-def _styles(cfg: DictConfig) -> tuple[list[Any], list[float] | None]:
-    styles = _as_list(cfg.style)
+def _non_negative(key: str, value: Any) -> int:
+    v = int(value)
+    if v < 0:
+        raise ConfigError(f"{key} must be >= 0, got {v}")
+    return v
+
+
+def _styles(cfg: DictConfig, given: list[Any] | None) -> tuple[list[Any], list[float] | None]:
+    styles = list(given) if given is not None else _as_list(cfg.style)
     if not styles:
         raise ConfigError("style: name at least one style image")
     if cfg.style_blend is None:
@@ -269,7 +276,7 @@ def trackers_from_config(node: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _from_config(cfg: DictConfig) -> RunSpec:
+def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
     size = int(cfg.size)
     if size <= 0:
         raise ConfigError(f"size must be a positive number of pixels, got {size}")
@@ -278,7 +285,7 @@ def _from_config(cfg: DictConfig) -> RunSpec:
     backbone = _backbone(cfg)
     loss = _loss(cfg, backbone)
     optimizer = optimizer_spec(_container(cfg.optimizer))
-    styles, blend = _styles(cfg)
+    styles, blend = _styles(cfg, images.get("style"))
     cmask, smasks = _masks(cfg, len(styles), loss.style_loss)
     scale = float(cfg.style_scale)
     if not math.isfinite(scale) or scale <= 0:
@@ -305,8 +312,14 @@ def _from_config(cfg: DictConfig) -> RunSpec:
         normalize_images=tuple(str(s) for s in b.normalize_images),
         normalize_size=int(b.normalize_size),
     )
+    get_backbone(backbone.arch).check(backbone, weights)
+    config = _container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    for key, given in (("content", images.get("content")), ("style", images.get("style"))):
+        if given is not None:  # what summary.json and trackers record for handed-in images
+            described = [f"<{type(x).__name__}>" for x in _as_list(given)]
+            config[key] = described[0] if key == "content" else described
     return RunSpec(
-        content=cfg.content if not isinstance(cfg.content, str) else str(cfg.content),
+        content=images.get("content", str(cfg.content)),
         styles=styles,
         style_blend=blend,
         style_scale=scale,
@@ -323,9 +336,11 @@ def _from_config(cfg: DictConfig) -> RunSpec:
         resume=bool(cfg.resume),
         max_pixels=int(cfg.max_pixels),
         progress=bool(cfg.progress),
-        debug=bool(cfg.debug),
         early_stop_patience=int(cfg.early_stop.patience),
         early_stop_min_delta=float(cfg.early_stop.min_delta),
+        eval_enabled=bool(cfg.eval.enabled),
+        eval_every=_non_negative("eval.every", cfg.eval.every),
+        animation=bool(cfg.animation),
         pyramid_levels=levels,
         pyramid_scale_factor=factor,
         pyramid_steps=level_steps,
@@ -337,5 +352,5 @@ def _from_config(cfg: DictConfig) -> RunSpec:
         trackers=trackers_from_config(cfg.logger),
         images_dir=str(cfg.images_dir),
         ab_ratio=None if cfg.loss.ab_ratio is None else float(cfg.loss.ab_ratio),
-        config=_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])),
+        config=config,
     )

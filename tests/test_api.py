@@ -63,7 +63,9 @@ def test_load_config_composes_groups_and_values():
 def test_bad_input_is_one_line_error():
     with pytest.raises(ConfigError, match="size must be a positive"):
         nst.stylize(size=0, steps=1)
-    with pytest.raises(ImageError, match=r"must be \(H, W\), \(H, W, 3\) or \(H, W, 4\)"):
+    with pytest.raises(
+        ImageError, match=r"must be \(H, W\), \(H, W, 1\), \(H, W, 3\) or \(H, W, 4\)"
+    ):
         nst.stylize(np.zeros((4, 4, 5)), "sample:ihc", **TINY, **RANDOM)
 
 
@@ -150,8 +152,7 @@ def test_unknown_backbone_and_tracker_are_one_line_errors():
 
 def test_any_optax_optimizer_by_name():
     r = nst.stylize(
-        optimizer={"name": "adamw", "lr": 5.0},
-        overrides=["+optimizer.kwargs={weight_decay: 0.0}"],
+        optimizer={"name": "adamw", "lr": 5.0, "kwargs": {"weight_decay": 0.0}},
         **TINY,
         **RANDOM,
     )
@@ -159,6 +160,8 @@ def test_any_optax_optimizer_by_name():
     assert r.history[-1]["total"] < r.history[0]["total"]
     with pytest.raises(ConfigError, match="neither adam, lbfgs, sgd nor an optax optimizer"):
         nst.stylize(optimizer={"name": "bogus"}, **TINY)
+    with pytest.raises(ConfigError, match="optimizer.kwargs do not fit optax.adamw"):
+        nst.stylize(optimizer={"name": "adamw", "kwargs": {"nonsense": 1}}, **TINY)
 
 
 def test_features_match_between_jnp_and_flax_free_backbone():

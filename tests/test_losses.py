@@ -20,7 +20,8 @@ def np_gram(f):
 def test_gram_paper_and_mean():
     f = feats()
     g = np_gram(f[0].astype(np.float64))
-    np.testing.assert_allclose(losses.gram(f, "paper")[0], g, rtol=1e-5)
+    m = f.shape[1] * f.shape[2]
+    np.testing.assert_allclose(losses.gram(f, "paper")[0], g / m, rtol=1e-5)  # per position
     np.testing.assert_allclose(losses.gram(f, "mean")[0], g / f[0].size, rtol=1e-5)
 
 
@@ -38,6 +39,22 @@ def test_style_layer_loss_paper_eq4():
     expected = np.sum((np_gram(f[0].astype(np.float64)) - a) ** 2) / (4 * n**2 * m**2)
     np.testing.assert_allclose(
         losses.style_layer_loss(f, losses.gram(s, "paper"), "paper"), expected, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("style_hw", [(5, 7), (3, 9), (11, 6), (16, 16)])
+def test_style_layer_loss_paper_with_a_differently_sized_style(style_hw):
+    """E_l = Σ(G/M_x − A/M_s)² / (4N²): each Gram divided by its own number of positions, which
+    is eq. 4 when the sizes match; zero when the image has the style's per-position Gram."""
+    f, s = feats(6, 8), feats(*style_hw)
+    f64, s64 = f[0].astype(np.float64), s[0].astype(np.float64)
+    n, mx, ms = f.shape[-1], 6 * 8, style_hw[0] * style_hw[1]
+    expected = np.sum((np_gram(f64) / mx - np_gram(s64) / ms) ** 2) / (4 * n**2)
+    got = float(losses.style_layer_loss(f, losses.gram(s, "paper"), "paper"))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    tiled = np.tile(s, (1, 2, 3, 1))  # the style's statistics at 6x its positions
+    assert float(losses.style_layer_loss(tiled, losses.gram(s, "paper"), "paper")) == pytest.approx(
+        0, abs=1e-9 * expected
     )
 
 

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from nst.report import find_jobs, grid_layout, swept_keys
 from tests.test_cli import nst
@@ -242,3 +243,34 @@ def test_sigterm_stops_the_whole_sweep(tmp_path, write_png):
     assert proc.returncode == 2 and "interrupted at step" in err
     assert not list(sweep.glob("1_*"))  # the second job never started
     assert json.loads(next(sweep.glob("0_*/summary.json")).read_text())["status"] == "interrupted"
+
+
+def test_alpha_beta_sweep_reports_eval_metrics_tradeoff_and_animation(tmp_path):
+    """A 4-job α/β sweep: every job's fixed evaluation metrics in summary.csv, the trade-off
+    plot in report.html and tradeoff.svg, and progress.gif with animation=true."""
+    sweep = tmp_path / "sweep"
+    p = nst(
+        "-m",
+        *FAST,
+        "loss.beta=1e1,1e2,1e3,1e4",
+        "animation=true",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert p.returncode == 0, p.stderr
+    rows = _csv(sweep / "summary.csv")
+    assert len(rows) == 4
+    for r in rows:
+        for k in ("eval_content", "eval_style", "eval_ssim", "eval_color"):
+            assert r[k] != "" and float(r[k]) >= 0, (k, r)
+        assert 0 < float(r["eval_ssim"]) <= 1
+        gif = Image.open(sweep / r["dir"] / "progress.gif")
+        # init, the snapshot at step 2 (save_every=2 of steps=4), the result
+        assert gif.n_frames == 3 and gif.size == Image.open(sweep / r["dir"] / "result.png").size
+        summary = json.loads((sweep / r["dir"] / "summary.json").read_text())
+        assert summary["final"]["eval/style"] == pytest.approx(float(r["eval_style"]))
+        last = json.loads((sweep / r["dir"] / "metrics.jsonl").read_text().splitlines()[-1])
+        assert last["eval/content"] == pytest.approx(float(r["eval_content"]))
+    html_text = (sweep / "report.html").read_text()
+    assert "Pareto front" in html_text and html_text.count("<circle") == 4
+    assert (sweep / "tradeoff.svg").read_text().startswith("<svg")
+    assert 'href="' + rows[0]["dir"] + '/progress.gif"' in html_text

@@ -96,6 +96,10 @@ class Backbone:
         raise NotImplementedError
 
     # --- optional ---------------------------------------------------------------------------
+    def check(self, spec: BackboneSpec, weights: Any) -> None:
+        """One-line errors for choices this backbone cannot take (``spec.conv``, the weights
+        source...), raised while the config is read, before any file is opened."""
+
     def rectified(self, name: str) -> str:
         """The layer ``layers.rectified=true`` reads instead of ``name`` (default: itself)."""
         return name

@@ -580,6 +580,18 @@ class VGGBackbone(Backbone):
             out.append(Layer(name, CHANNELS[b - 1], pools))
         return tuple(out)
 
+    def check(self, spec: BackboneSpec, weights: Any) -> None:
+        from nst.backbones.weights import check_source
+        from nst.errors import ConfigError
+
+        if spec.conv not in CONV_CHOICES:
+            raise ConfigError(
+                f"backbone.conv must be one of {', '.join(CONV_CHOICES)}, got {spec.conv!r}"
+            )
+        if spec.pooling not in ("max", "avg"):
+            raise ConfigError(f"backbone.pooling must be max or avg, got {spec.pooling!r}")
+        check_source(self.name, weights.source, weights.path)
+
     def rectified(self, name: str) -> str:
         """conv{b}_{i} -> relu{b}_{i}: the authors' Caffe code runs ReLUs in place."""
         return "relu" + name[4:] if name.startswith("conv") else name

@@ -644,6 +644,28 @@ def _user_file(weights_path: str | None, source: str, hint: str) -> Path:
     return path
 
 
+def check_source(arch: str, source: str, weights_path: str | None) -> None:
+    """The checks a weights choice can get before anything is read (one-line WeightsError)."""
+    if arch not in KERAS_WEIGHTS:
+        raise WeightsError(f"unknown architecture {arch!r}; valid: {', '.join(KERAS_WEIGHTS)}")
+    if source not in SOURCES:
+        raise WeightsError(f"unknown backbone.weights={source!r}; valid: {', '.join(SOURCES)}")
+    if weights_path is not None and source in ("embedded", "random"):
+        # Silently ignoring a path the user set would run the wrong weights.
+        raise WeightsError(
+            f"backbone.weights_path={weights_path} is not used by backbone.weights={source}; "
+            "use backbone.weights=file (or keras/torchvision) or unset weights_path"
+        )
+    if source == "embedded" and arch != "vgg16":
+        raise WeightsError(
+            f"the embedded weights are VGG16 only; for {arch} use backbone.weights=keras "
+            "(downloads the Keras release) or torchvision"
+        )
+    if source in ("torchvision", "file") and weights_path is None:
+        hint = "FILE.safetensors" if source == "torchvision" else "FILE"
+        raise WeightsError(f"backbone.weights={source} needs backbone.weights_path={hint}")
+
+
 def resolve_params(
     arch: str, source: str, weights_path: str | None, seed: int, *, url: str | None = None
 ) -> tuple[Params, dict[str, Any]]:
@@ -656,16 +678,7 @@ def resolve_params(
     ``path``, ``sha256`` (of the file used; None for random), ``params_digest`` and
     ``preprocessing`` (the :func:`nst.backbones.vgg.preprocess` mode the weights need).
     """
-    if arch not in KERAS_WEIGHTS:
-        raise WeightsError(f"unknown architecture {arch!r}; valid: {', '.join(KERAS_WEIGHTS)}")
-    if source not in SOURCES:
-        raise WeightsError(f"unknown weights source {source!r}; valid: {', '.join(SOURCES)}")
-    if weights_path is not None and source in ("embedded", "random"):
-        # Silently ignoring a path the user set would run the wrong weights.
-        raise WeightsError(
-            f"backbone.weights_path={weights_path} is not used by backbone.weights={source}; "
-            "use source=file (or keras/torchvision) or unset weights_path"
-        )
+    check_source(arch, source, weights_path)
 
     path: Path | None = None
     sha256: str | None = None

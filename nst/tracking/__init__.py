@@ -61,13 +61,18 @@ def tracker_names() -> list[str]:
 
 
 def check_trackers(trackers: Mapping[str, Any]) -> None:
-    """One line naming the registered trackers when a chosen one is unknown."""
+    """One line naming the registered trackers when a chosen one is unknown, or what is wrong
+    with a tracker's options (a factory's optional ``check(options)``), before the run starts."""
     unknown = sorted(set(trackers) - set(_FACTORIES))
     if unknown:
         raise ConfigError(
             f"unknown tracker(s) {', '.join(unknown)} under logger; registered: "
             f"{', '.join(tracker_names())} (nst.tracking.register_tracker adds one)"
         )
+    for name, options in trackers.items():
+        check = getattr(_factory(name), "check", None)
+        if check is not None:
+            check(dict(options))
 
 
 def _factory(name: str) -> TrackerFactory:
@@ -79,14 +84,19 @@ def _factory(name: str) -> TrackerFactory:
 
 
 def make_writer(trackers: Mapping[str, dict[str, Any]], ctx: TrackerContext) -> MultiWriter:
-    """Local files (when the run has a directory), then every chosen tracker. A factory that
-    returns None (it warned and stepped aside) is left out."""
-    check_trackers(trackers)
+    """Local files (when the run has a directory), then every chosen tracker (checked already by
+    :func:`check_trackers` when the config was read). A factory that returns None (it warned and
+    stepped aside) is left out."""
     writers: list[MetricWriter] = [LocalWriter(ctx.run_dir)] if ctx.run_dir is not None else []
-    for name, options in trackers.items():
-        w = _factory(name)(dict(options), ctx)
-        if w is not None:
-            writers.append(w)
+    try:
+        for name, options in trackers.items():
+            w = _factory(name)(dict(options), ctx)
+            if w is not None:
+                writers.append(w)
+    except BaseException:
+        for w in writers:
+            w.close(1)
+        raise
     return MultiWriter(writers)
 
 

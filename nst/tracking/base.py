@@ -29,6 +29,9 @@ class MetricWriter:
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Record the final summary of the run."""
 
+    def write_animation(self, name: str, path: Path) -> None:
+        """Record an animated GIF the run wrote (``progress.gif`` with ``animation=true``)."""
+
     def close(self, exit_code: int = 0) -> None:
         """Flush and release resources; called once, also on failure (``exit_code`` != 0)."""
 
@@ -54,6 +57,10 @@ class MultiWriter(MetricWriter):
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         for w in self.writers:
             w.write_summary(summary)
+
+    def write_animation(self, name: str, path: Path) -> None:
+        for w in self.writers:
+            w.write_animation(name, path)
 
     def close(self, exit_code: int = 0) -> None:
         for w in self.writers:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from nst.errors import ConfigError, one_line
-from nst.files import atomic_write_bytes
+from nst.files import atomic_write_bytes, cache_root
 from nst.tracking.base import MetricWriter
 
 WANDB_ID_FILE = "wandb_run_id"
@@ -35,8 +35,9 @@ class WandbOptions:
     log_images: bool = True
 
 
-def create(options: dict[str, Any], ctx: Any) -> WandbWriter | None:
-    """The ``wandb`` tracker factory (:func:`nst.tracking.register_tracker`)."""
+def check(options: dict[str, Any]) -> WandbOptions:
+    """``logger.wandb.*`` as :class:`WandbOptions`; one-line ConfigError for unknown keys or
+    a bad mode."""
     known = {f.name for f in fields(WandbOptions)}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -47,6 +48,13 @@ def create(options: dict[str, Any], ctx: Any) -> WandbWriter | None:
     o = WandbOptions(**options)
     if o.mode not in (None, "online", "offline", "disabled"):
         raise ConfigError(f"logger.wandb.mode must be online, offline or disabled, got {o.mode!r}")
+    return o
+
+
+def create(options: dict[str, Any], ctx: Any) -> WandbWriter | None:
+    """The ``wandb`` tracker factory (:func:`nst.tracking.register_tracker`). Without a run
+    directory (the Python API's default) W&B keeps its files in the nst cache directory."""
+    o = check(options)
     config = flatten(ctx.config)
     config.update(
         {g: c for g, c in ctx.job.choices.items() if g in ctx.config or g == "experiment"}
@@ -57,7 +65,7 @@ def create(options: dict[str, Any], ctx: Any) -> WandbWriter | None:
     run_dir = ctx.run_dir
     id_file = run_dir / WANDB_ID_FILE if run_dir is not None else None
     w = WandbWriter.create(
-        run_dir=run_dir if run_dir is not None else Path.cwd(),
+        run_dir=run_dir if run_dir is not None else cache_root() / "wandb",
         project=o.project,
         entity=o.entity,
         mode=o.mode,
@@ -73,6 +81,9 @@ def create(options: dict[str, Any], ctx: Any) -> WandbWriter | None:
         with contextlib.suppress(Exception):
             atomic_write_bytes(id_file, str(w.run.id).encode())
     return w
+
+
+create.check = check  # type: ignore[attr-defined]
 
 
 def default_mode(mode: str | None) -> str:
@@ -122,6 +133,7 @@ class WandbWriter(MetricWriter):
         try:
             import wandb
 
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
             run = wandb.init(
                 project=project,
                 entity=entity,
@@ -169,6 +181,14 @@ class WandbWriter(MetricWriter):
             self.run.log(imgs, step=int(step))
 
         self._guard(log)
+
+    def write_animation(self, name: str, path: Path) -> None:
+        if self.log_images:
+            self._guard(
+                lambda: self.run.log(
+                    {name: self._wandb.Video(str(path), format="gif")}, commit=False
+                )
+            )
 
     def write_result(self, step: int, image: np.ndarray) -> None:
         self.write_images(step, {"result": image})
