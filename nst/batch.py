@@ -20,10 +20,13 @@ import numpy as np
 
 from nst.engine import (
     RunResult,
+    balance_scale,
+    balanced,
     build,
     call_boundaries,
     default_steps_per_call,
     drive_calls,
+    learning_rate_fn,
     metric_order,
     stylize,
 )
@@ -89,6 +92,7 @@ def _structure_key(kw: dict[str, Any]) -> tuple:
         kw.get("save_every", 0),
         kw.get("steps_per_call", 0),
         kw.get("checkpoint_every", 0),
+        kw.get("image_metrics_every", 0),
     )
 
 
@@ -220,13 +224,19 @@ def stylize_batch(
         style_blend=r0.get("style_blend"),
         batch=len(requests),
     )
-    weights = prog.weights([r["loss"] for r in requests])
+    losses = [r["loss"] for r in requests]
+    scales = [
+        balance_scale(prog, r["init"]) if r["loss"].balance == "grad" else None for r in requests
+    ]
+    weights = prog.weights(
+        [balanced(x, c) if c is not None else x for x, c in zip(losses, scales, strict=True)]
+    )
     k = int(r0.get("steps_per_call", 0)) or default_steps_per_call()
     state = prog.init_state(np.stack([np.asarray(r["init"], np.float32) for r in requests]))
     ends = call_boundaries(steps, k, save_every, ckpt_every)
     compiled, evaluate, compile_s = prog.compile(state, weights, ends)
 
-    return drive_calls(
+    outs = drive_calls(
         compiled,
         evaluate,
         state,
@@ -244,4 +254,11 @@ def stylize_batch(
         progress=any(r.get("progress", True) for r in requests),
         desc=f"nst x{len(requests)}",
         compile_s=compile_s,
+        step_metrics=learning_rate_fn(optimizer),
+        image_metrics=[r.get("image_metrics") for r in requests],
+        image_metrics_every=int(r0.get("image_metrics_every", 0)),
     )
+    for out, scale in zip(outs, scales, strict=True):
+        if isinstance(out, RunResult):
+            out.balance_scale = scale
+    return outs

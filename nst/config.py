@@ -44,6 +44,17 @@ class Distribution(Enum):
 
 
 @dataclass
+class FallbackConfig:
+    # When this backbone's weights cannot be had (not downloaded, offline), run on `arch` with
+    # `weights` instead, saying so in one line; the layer maps replace the run's when given
+    # (null: the same names). null arch: no fallback, the run stops with the weights error.
+    arch: str | None = None
+    weights: str = "embedded"
+    content_layers: dict[str, float] | None = None
+    style_layers: dict[str, float] | None = None
+
+
+@dataclass
 class BackboneConfig:
     # A registered backbone (nst.backbones: vgg16, vgg19, or one registered by a plugin).
     arch: str = "vgg16"
@@ -75,6 +86,7 @@ class BackboneConfig:
     # ~1.2x the step time; 4.5x the pixels fit in the same memory (README, Performance).
     remat: bool = False
     strip_rows: int = 128
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
     # Convolution algorithm: auto (Winograd F(4x4,3x3) on the CPU for layers with >= 128
     # channels, XLA's convolution elsewhere and on GPUs), xla, or winograd. Same function.
     conv: str = "auto"
@@ -130,6 +142,11 @@ class PyramidConfig:
     steps: list[int] | None = None
 
 
+class Balance(Enum):
+    none = "none"
+    grad = "grad"
+
+
 @dataclass
 class LossConfig:
     alpha: float = 1.0
@@ -143,6 +160,10 @@ class LossConfig:
     ab_scale: float = 1.0
     # What the style loss matches per layer: Gram matrices (the paper) or mean + covariance.
     style: StyleLoss = StyleLoss.gram
+    # grad: before α/β apply, scale the style term so that its image gradient has the content
+    # term's norm at the start (nst.engine.balance_scale), so that a given α/β means the same
+    # balance on every image pair (a dark photo has small features, hence a weak content term).
+    balance: Balance = Balance.none
 
 
 @dataclass

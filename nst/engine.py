@@ -8,6 +8,7 @@ changing α/β (or per-layer weights) never recompiles. Metrics stay on the devi
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,7 @@ class LossSpec:
     gram_norm: str = "mean"
     content_norm: str = "mean"
     style_loss: str = "gram"  # or "mean_cov" (see nst.losses.mean_cov_loss)
+    balance: str = "none"  # or "grad": see balance_scale
 
     def weights(self) -> dict[str, Any]:
         """The scalar weights as a pytree of float32 arrays: jit arguments, not constants."""
@@ -370,9 +372,10 @@ class Program:
     batch: int | None = None
 
     def weights(self, losses: Sequence[LossSpec] | None = None) -> Any:
-        """The loss weights as a jit argument (per job with ``batch``: ``losses`` or this one)."""
+        """The loss weights as a jit argument (per job with ``batch``: ``losses`` or this one;
+        a single run may pass ``[loss]`` to use another's weights)."""
         if self.batch is None:
-            return jax.device_put(self.loss.weights())
+            return jax.device_put((losses[0] if losses else self.loss).weights())
         each = [x.weights() for x in (losses or [self.loss] * self.batch)]
         return jax.device_put(
             jax.tree.map(lambda *xs: np.stack([np.float32(x) for x in xs]), *each)
@@ -491,6 +494,32 @@ class Diverged(Exception):
         self.step, self.image, self.metrics = step, image, metrics
 
 
+def balance_scale(prog: Program, image: np.ndarray, seed: int = 0) -> float:
+    """``loss.balance=grad``: the factor ||∇C|| / ||∇S|| (content and style terms, each with its
+    layer weights, before α/β) by which the style term is scaled so that both pull on the pixels
+    equally hard at the start; α/β then sets the balance from there, the same on every image
+    pair. Measured at the initial image, half-mixed with seeded white noise: from the content
+    image itself the content gradient is exactly zero."""
+    rng = np.random.default_rng(seed)
+    x = 0.5 * np.asarray(image, np.float32) + 0.5 * rng.uniform(0, PIXEL_MAX, np.shape(image))
+    x = jnp.asarray(x, jnp.float32)
+
+    def norm(alpha: float, beta: float) -> float:
+        w = dataclasses.replace(prog.loss, alpha=alpha, beta=beta, tv=0.0).weights()
+        g = jax.grad(lambda img: prog.loss_fn(img, prog.params, prog.targets, w)[0])(x)
+        return float(jnp.linalg.norm(g))
+
+    gc, gs = norm(1.0, 0.0), norm(0.0, 1.0)
+    if not (gc > 0 and gs > 0 and np.isfinite(gc) and np.isfinite(gs)):
+        return 1.0  # one term is absent (no content or style layers): nothing to balance
+    return gc / gs
+
+
+def balanced(loss: LossSpec, scale: float) -> LossSpec:
+    """``loss`` with β multiplied by the balance ``scale``."""
+    return dataclasses.replace(loss, beta=loss.beta * scale)
+
+
 @dataclass
 class RunResult:
     """What :func:`stylize` hands back: the final image and the numbers for summary.json."""
@@ -502,6 +531,7 @@ class RunResult:
     compile_s: float
     optimize_s: float
     sec_per_step: float
+    balance_scale: float | None = None  # loss.balance=grad: the factor applied to β
 
 
 def stylize(
@@ -558,7 +588,8 @@ def stylize(
         content_mask=content_mask,
         style_masks=style_masks,
     )
-    weights = prog.weights()
+    scale = balance_scale(prog, init) if loss.balance == "grad" else None
+    weights = prog.weights([balanced(loss, scale)] if scale is not None else None)
     k = steps_per_call or default_steps_per_call()
     state = prog.init_state(init)
     start = 0
@@ -595,6 +626,7 @@ def stylize(
     )
     if isinstance(out, Exception):
         raise out
+    out.balance_scale = scale
     return out
 
 

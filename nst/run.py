@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -28,7 +29,15 @@ import nst
 from nst import images
 from nst.backbones import get_backbone
 from nst.engine import Diverged, Interrupted, stylize
-from nst.errors import ConfigError, DivergedError, ImageError, NstError, RunInterrupted, one_line
+from nst.errors import (
+    ConfigError,
+    DivergedError,
+    ImageError,
+    NstError,
+    RunInterrupted,
+    WeightsError,
+    one_line,
+)
 from nst.files import atomic_write_bytes, atomic_write_json
 from nst.spec import RunSpec
 from nst.tracking import JobInfo, MetricWriter, TrackerContext, make_writer
@@ -100,8 +109,8 @@ def check_size(arch: str, layers: list[str], hw: tuple[int, int], size: int) -> 
     """The deepest layer must keep at least one position after its poolings."""
     backbone = get_backbone(arch)
     deepest = backbone.deepest_layer(layers)
-    need = 2 ** backbone.downsampling(deepest)
-    if min(hw) < need:
+    if min(backbone.layer_size(deepest, *hw)) < 1:
+        need = backbone.min_side(deepest)
         raise ConfigError(
             f"size={size} gives a {hw[1]}x{hw[0]} image whose shorter side is below {need} px, "
             f"the minimum for layer {deepest}; use a larger size"
@@ -228,7 +237,7 @@ def _run(
         writer.write_summary({"status": "failed", "error": one_line(e)})
         writer.close(1)
         raise
-    init, params, winfo, backbone, content_raw, styles_raw, sizes, levels = prepared
+    spec, init, params, winfo, backbone, content_raw, styles_raw, sizes, levels = prepared
     with stop_on_signals() as stop:
         exit_code = 1
         try:
@@ -274,6 +283,8 @@ def _run(
                     "beta": spec.loss.beta,
                     "tv": spec.loss.tv,
                     "ab_ratio": spec.ab_ratio,
+                    "balance": spec.loss.balance,
+                    "balance_scale": result.balance_scale,
                 },
                 "final": result.final_metrics,
                 "initial": result.initial_metrics,
@@ -508,11 +519,33 @@ def _masks(
     return _mask(spec.content_mask, content.shape[:2], spec.max_pixels), smasks
 
 
+def _load_backbone(spec: RunSpec) -> tuple[RunSpec, Any, dict[str, Any]]:
+    """The backbone's weights, or the fallback run's when they cannot be had (one line)."""
+    try:
+        params, info = get_backbone(spec.backbone.arch).load(spec.weights)
+    except WeightsError as e:
+        if spec.fallback is None:
+            raise
+        fb = spec.fallback
+        print(
+            f"nst: warning: {one_line(e)} -- running on {fb.backbone.arch} ({fb.weights.source} weights) "
+            "instead (backbone.fallback)",
+            file=sys.stderr,
+            flush=True,
+        )
+        spec = dataclasses.replace(fb, fallback=None)
+        params, info = get_backbone(spec.backbone.arch).load(spec.weights)
+        info = {**info, "fallback_from": str(e)}
+    return spec, params, info
+
+
 def _prepare(spec: RunSpec) -> tuple:
-    """Images (checked), the coarsest level's inputs and initial image, and the weights."""
+    """Images (checked), the weights (or the fallback's), the levels' inputs (checked) and the
+    initial image."""
     _check_paper_images(spec)
     content_raw = images.load_any(spec.content, spec.max_pixels)
     styles_raw = [images.load_any(s, spec.max_pixels) for s in spec.styles]
+    spec, params, winfo = _load_backbone(spec)
     check_memory(spec, content_raw.shape[:2], spec.size)
     sizes = pyramid_sizes(spec.size, spec.pyramid_levels, spec.pyramid_scale_factor)
     # Every level's inputs once (resizing, colour mode, masks), checked before any work.
@@ -535,9 +568,8 @@ def _prepare(spec: RunSpec) -> tuple:
         path=i.path,
         max_pixels=spec.max_pixels,
     )
-    params, winfo = get_backbone(spec.backbone.arch).load(spec.weights)
     backbone = dataclasses.replace(spec.backbone, preprocessing=winfo["preprocessing"])
-    return init, params, winfo, backbone, content_raw, styles_raw, sizes, levels
+    return spec, init, params, winfo, backbone, content_raw, styles_raw, sizes, levels
 
 
 def _record_divergence(

@@ -86,6 +86,8 @@ class RunSpec:
     images_dir: str
     ab_ratio: float | None
     config: dict[str, Any] = field(default_factory=dict)  # the resolved config, for summaries
+    # The run on backbone.fallback, used when this backbone's weights cannot be had.
+    fallback: RunSpec | None = None
 
     @property
     def alpha_beta(self) -> float | None:
@@ -116,8 +118,8 @@ def _as_list(node: Any) -> list[Any]:
     return list(node) if isinstance(node, list | tuple) else [node]
 
 
-def _layer_weights(kind: str, mapping: Any) -> dict[str, float]:
-    out = {str(k): float(v) for k, v in dict(_container(mapping)).items()}
+def _layer_weights(kind: str, mapping: Any, net: Any) -> dict[str, float]:
+    out = {net.canonical(str(k)): float(v) for k, v in dict(_container(mapping)).items()}
     bad = {k: v for k, v in out.items() if not math.isfinite(v) or v < 0}
     if bad:
         raise ConfigError(
@@ -140,8 +142,8 @@ def effective_beta(alpha: float, beta: float, ab_ratio: float | None, ab_scale: 
 
 def _loss(cfg: DictConfig, backbone: BackboneSpec) -> LossSpec:
     net = get_backbone(backbone.arch)
-    content_layers = _layer_weights("content_layers", cfg.layers.content_layers)
-    style_layers = _layer_weights("style_layers", cfg.layers.style_layers)
+    content_layers = _layer_weights("content_layers", cfg.layers.content_layers, net)
+    style_layers = _layer_weights("style_layers", cfg.layers.style_layers, net)
     if not content_layers and not style_layers:
         raise ConfigError(
             "layers: content_layers and style_layers are both empty; name at least one layer"
@@ -171,6 +173,7 @@ def _loss(cfg: DictConfig, backbone: BackboneSpec) -> LossSpec:
         gram_norm=name_of(cfg.loss.gram_norm),
         content_norm=name_of(cfg.loss.content_norm),
         style_loss=name_of(cfg.loss.style),
+        balance=name_of(cfg.loss.balance),
     )
 
 
@@ -276,6 +279,22 @@ def trackers_from_config(node: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _fallback(cfg: DictConfig, images: dict[str, Any]) -> RunSpec | None:
+    fb = cfg.backbone.fallback
+    if fb.arch is None:
+        return None
+    alt = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    alt.backbone.arch, alt.backbone.weights, alt.backbone.weights_path = fb.arch, fb.weights, None
+    alt.backbone.fallback = {"arch": None}
+    for key in ("content_layers", "style_layers"):
+        if fb[key] is not None:
+            alt.layers[key] = _container(fb[key])
+    try:
+        return _from_config(alt, images)
+    except ConfigError as e:
+        raise ConfigError(f"backbone.fallback: {e}") from None
+
+
 def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
     size = int(cfg.size)
     if size <= 0:
@@ -353,4 +372,5 @@ def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
         images_dir=str(cfg.images_dir),
         ab_ratio=None if cfg.loss.ab_ratio is None else float(cfg.loss.ab_ratio),
         config=config,
+        fallback=_fallback(cfg, images),
     )

@@ -296,3 +296,41 @@ def test_paper_style_losses_with_a_differently_sized_style(vgg16_params, style_h
         n = x.shape[1]
         want = np.sum((x.T @ x / len(x) - s.T @ s / len(s)) ** 2) / (4 * n**2)
         np.testing.assert_allclose(float(metrics[f"style/{k}"]), want, rtol=1e-4, err_msg=k)
+
+
+def test_balance_grad_equalizes_the_terms_gradients(vgg16_params, pair):
+    """loss.balance=grad: β is scaled by ||∇C||/||∇S|| at the (noise-mixed) initial image, so
+    with α = β = 1 both terms pull equally hard there; the run records the factor."""
+    import dataclasses
+
+    from nst.engine import balance_scale, balanced, build
+
+    content, style = pair
+    loss = dataclasses.replace(SMALL, alpha=1.0, beta=1.0, balance="grad")
+    prog = build(BackboneSpec(), loss, OptimizerSpec(), vgg16_params, content, style)
+    scale = balance_scale(prog, content)
+    x = 0.5 * content + 0.5 * np.random.default_rng(0).uniform(0, 255, content.shape)
+    x = jnp.asarray(x, jnp.float32)
+
+    def grad_norm(spec):
+        w = spec.weights()
+        return float(
+            jnp.linalg.norm(jax.grad(lambda i: prog.loss_fn(i, prog.params, prog.targets, w)[0])(x))
+        )
+
+    both = balanced(loss, scale)
+    gc = grad_norm(dataclasses.replace(both, beta=0.0))
+    gs = grad_norm(dataclasses.replace(both, alpha=0.0))
+    assert scale > 0 and gc == pytest.approx(gs, rel=1e-4)
+    r = stylize(
+        content,
+        style,
+        content,
+        vgg16_params,
+        backbone=BackboneSpec(),
+        loss=loss,
+        optimizer=OptimizerSpec(),
+        steps=2,
+        progress=False,
+    )
+    assert r.balance_scale == pytest.approx(scale, rel=1e-6)

@@ -100,9 +100,20 @@ class Backbone:
         """One-line errors for choices this backbone cannot take (``spec.conv``, the weights
         source...), raised while the config is read, before any file is opened."""
 
+    def canonical(self, name: str) -> str:
+        """The layer name a user's alias stands for (default: the name itself)."""
+        return name
+
     def rectified(self, name: str) -> str:
         """The layer ``layers.rectified=true`` reads instead of ``name`` (default: itself)."""
         return name
+
+    def min_side(self, name: str) -> int:
+        """The smallest image side that leaves ``name`` at least one position."""
+        side = 1
+        while min(self.layer_size(name, side, side)) < 1:
+            side += 1
+        return side
 
     def strip_blocks(self, spec: BackboneSpec, loss: Any) -> int:
         """How many leading blocks run in row strips (memory saver; default none)."""
@@ -198,6 +209,7 @@ class FunctionNetwork:
 _REGISTRY: dict[str, Backbone | str] = {
     "vgg16": "nst.backbones.vgg:VGG16",
     "vgg19": "nst.backbones.vgg:VGG19",
+    "squeezenet1_1": "nst.backbones.squeezenet:SQUEEZENET",
 }
 
 

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -85,6 +85,8 @@ FILE_FORMATS = {
     ".h5": "keras",
     ".hdf5": "keras",
     ".safetensors": "torchvision",
+    ".pth": "torchvision",
+    ".pt": "torchvision",
     ".npz": "npz",
 }
 # Which input normalisation the weights were trained with (see nst.backbones.vgg.preprocess). Our own
@@ -517,17 +519,49 @@ _TORCH_FEATURE = re.compile(r"features\.(\d+)\.(weight|bias|running_mean)")
 def load_torchvision_safetensors(
     path: str | os.PathLike[str], arch: str, *, strict: bool = False
 ) -> Params:
-    """Read the convolutions of a torchvision VGG state dict saved as ``.safetensors``.
-
-    The 4-D ``features.N.weight`` tensors (OIHW, transposed to HWIO) and their ``features.N.bias``
-    are assigned in increasing ``N`` to the convolutions of ``arch``; classifier tensors are not
-    read. ``strict`` requires the real VGG shapes (see :func:`check_params`).
-    """
+    """The convolutions of a torchvision VGG state dict saved as ``.safetensors``
+    (:func:`torchvision_vgg`); only those tensors are read."""
     if not Path(path).is_file():
         raise WeightsError(f"safetensors weights file {path} does not exist")
     header, _, _ = _safetensors_header(path)
+    shapes = {k: v.get("shape", []) for k, v in header.items() if isinstance(v, dict)}
+    return torchvision_vgg(
+        shapes, lambda keys: read_safetensors(path, keys), arch, str(path), strict
+    )
+
+
+def load_torchvision_pth(
+    path: str | os.PathLike[str], arch: str, *, strict: bool = False
+) -> Params:
+    """The convolutions of a torchvision VGG ``.pth`` state dict (e.g. ``vgg16-397923af.pth``),
+    read without torch (:mod:`nst.backbones.torch_pickle`); the SHA-256 prefix in the file name
+    is checked as torchvision does."""
+    from nst.backbones.torch_pickle import check_hash_in_name, load_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    check_hash_in_name(path)
+    state = load_state_dict(path)
+    shapes = {k: list(v.shape) for k, v in state.items()}
+    return torchvision_vgg(
+        shapes, lambda keys: {k: state[k] for k in keys}, arch, str(path), strict
+    )
+
+
+def torchvision_vgg(
+    shapes: Mapping[str, Any],
+    read: Callable[[list[str]], Mapping[str, np.ndarray]],
+    arch: str,
+    origin: str,
+    strict: bool = False,
+) -> Params:
+    """VGG params from a torchvision state dict given as tensor shapes and a reader: the 4-D
+    ``features.N.weight`` tensors (OIHW, transposed to HWIO) and their ``features.N.bias`` are
+    assigned in increasing ``N`` to the convolutions of ``arch``; classifier tensors are not
+    read. ``strict`` requires the real VGG shapes (see :func:`check_params`)."""
     weights: dict[int, str] = {}
-    for key, entry in header.items():
+    for key, shape in shapes.items():
         m = _TORCH_FEATURE.fullmatch(key)
         if m is None:
             continue
@@ -535,22 +569,22 @@ def load_torchvision_safetensors(
             # Folding batch norm into the convolutions is not implemented; refusing beats
             # silently running the convolutions without their normalisation.
             raise WeightsError(
-                f"{path}: is a batch-norm VGG ({key}); use plain torchvision {arch} weights"
+                f"{origin}: is a batch-norm VGG ({key}); use plain torchvision {arch} weights"
             )
-        if m[2] == "weight" and isinstance(entry, dict) and len(entry.get("shape", [])) == 4:
+        if m[2] == "weight" and len(shape) == 4:
             weights[int(m[1])] = key
     names = conv_layer_names(arch)
     if len(weights) != len(names):
         raise WeightsError(
-            f"{path}: has {len(weights)} convolution weights (4-D features.N.weight), "
+            f"{origin}: has {len(weights)} convolution weights (4-D features.N.weight), "
             f"expected {len(names)} for {arch}"
         )
     order = sorted(weights)
     biases = [f"features.{n}.bias" for n in order]
-    missing = [b for b in biases if b not in header]
+    missing = [b for b in biases if b not in shapes]
     if missing:
-        raise WeightsError(f"{path}: missing {', '.join(missing)}")
-    tensors = read_safetensors(path, [weights[n] for n in order] + biases)
+        raise WeightsError(f"{origin}: missing {', '.join(missing)}")
+    tensors = read([weights[n] for n in order] + biases)
     params: Params = {}
     for name, n, bias in zip(names, order, biases, strict=True):
         params[name] = {
@@ -559,7 +593,7 @@ def load_torchvision_safetensors(
             ),
             "bias": np.ascontiguousarray(tensors[bias], dtype=np.float32),
         }
-    check_params(params, arch, strict=strict, origin=str(path))
+    check_params(params, arch, strict=strict, origin=origin)
     return params
 
 
@@ -635,6 +669,15 @@ def _load_keras_file(path: Path, arch: str) -> Params:
     return load_keras_h5(path, arch, strict=True)
 
 
+def _load_torchvision_file(path: Path, arch: str) -> Params:
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return load_torchvision_safetensors(path, arch, strict=True)
+    if suffix in (".pth", ".pt"):
+        return load_torchvision_pth(path, arch, strict=True)
+    raise WeightsError(f"{path}: torchvision weights must be a .pth or .safetensors file")
+
+
 def _user_file(weights_path: str | None, source: str, hint: str) -> Path:
     if weights_path is None:
         raise WeightsError(f"backbone.weights={source} needs backbone.weights_path={hint}")
@@ -662,7 +705,7 @@ def check_source(arch: str, source: str, weights_path: str | None) -> None:
             "(downloads the Keras release) or torchvision"
         )
     if source in ("torchvision", "file") and weights_path is None:
-        hint = "FILE.safetensors" if source == "torchvision" else "FILE"
+        hint = "FILE.pth" if source == "torchvision" else "FILE"
         raise WeightsError(f"backbone.weights={source} needs backbone.weights_path={hint}")
 
 
@@ -707,13 +750,8 @@ def resolve_params(
         params = _load_keras_file(path, arch)
     elif source == "torchvision":
         fmt = "torchvision"
-        path = _user_file(weights_path, source, "FILE.safetensors")
-        if path.suffix.lower() != ".safetensors":
-            raise WeightsError(
-                f"{path}: torchvision weights must be a .safetensors file; convert a .pth with "
-                "safetensors.torch.save_file(torch.load(PTH), 'FILE.safetensors')"
-            )
-        params = load_torchvision_safetensors(path, arch, strict=True)
+        path = _user_file(weights_path, source, "FILE.pth")
+        params = _load_torchvision_file(path, arch)
     elif source == "random":
         fmt = "random"
         params = random_params(arch, seed)
@@ -730,7 +768,7 @@ def resolve_params(
         elif fmt == "keras":
             params = _load_keras_file(path, arch)
         elif fmt == "torchvision":
-            params = load_torchvision_safetensors(path, arch, strict=True)
+            params = _load_torchvision_file(path, arch)
         elif fmt == "npz":
             params = load_params(path)
         else:

@@ -1,0 +1,62 @@
+"""Every seed write-up's setup as an experiment: each runs offline at a tiny size, falling back
+to the embedded VGG16 with one line where its own network's weights are absent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_cli import nst
+
+SEEDS = [
+    "seeds/cs231n",
+    "seeds/cs231n_texture",
+    "seeds/cs231n_inversion",
+    "seeds/keras_tutorial",
+    "seeds/lewuathe2017",
+    "seeds/gatys2016_notes",
+]
+# Refused at once: tests never wait on a real download.
+OFFLINE = "backbone.url=http://127.0.0.1:9/weights"
+
+
+def _run(experiment, tmp_path):
+    out = tmp_path / "run"
+    p = nst(
+        f"experiment={experiment}",
+        "size=64",
+        "steps=5",
+        "progress=false",
+        OFFLINE,
+        f"hydra.run.dir={out}",
+        env={"NST_CACHE_DIR": str(tmp_path / "cache")} if "gatys" not in experiment else None,
+    )
+    return p, out
+
+
+@pytest.mark.parametrize(
+    "experiment",
+    [pytest.param(e, marks=[] if e == "seeds/cs231n" else pytest.mark.slow) for e in SEEDS],
+)
+def test_seed_experiment_runs_offline(experiment, tmp_path):
+    p, out = _run(experiment, tmp_path)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    warnings = [x for x in p.stderr.splitlines() if x.startswith("nst: warning:")]
+    if (
+        experiment == "seeds/gatys2016_notes"
+    ):  # the embedded VGG16 itself: nothing to fall back from
+        assert warnings == [] and summary["backbone"]["arch"] == "vgg16"
+        assert summary["loss"]["ab_ratio"] == 1e-4
+        return
+    assert len(warnings) == 1, p.stderr
+    assert "running on vgg16 (embedded weights) instead (backbone.fallback)" in warnings[0]
+    assert summary["backbone"]["arch"] == "vgg16" and "fallback_from" in summary["backbone"]
+    assert summary["config"]["backbone"]["arch"] == "vgg16"  # what ran is what is recorded
+    if experiment.startswith("seeds/cs231n"):
+        assert "squeezenet1_1-b8a52dc0.pth" in warnings[0]
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert all("lr" in r for r in rows)  # the schedule is logged
+    if experiment == "seeds/lewuathe2017":
+        assert (out / "progress.gif").exists()
