@@ -17,6 +17,7 @@ from nst.errors import ConfigError, ImageError
 from nst.tracking import MetricWriter, register_tracker
 
 TINY = {"size": 32, "steps": 3, "log_every": 1, "save_every": 0, "progress": False}
+NO_EVAL = {"eval": {"enabled": False}}
 RANDOM = {"backbone": "random_vgg16"}
 
 
@@ -28,6 +29,7 @@ def test_stylize_returns_image_history_and_config_without_writing(tmp_path, monk
     assert r.history[-1]["total"] == pytest.approx(r.final["total"])
     assert r.config["size"] == 32 and r.config["backbone"]["weights"] == "random"
     assert r.output_dir is None and list(tmp_path.iterdir()) == []  # nothing written
+    assert set(r.history[-1]) >= {"eval/content", "eval/style", "eval/ssim", "eval/color"}
 
 
 def test_stylize_accepts_arrays_and_pil_and_writes_when_asked(tmp_path):
@@ -35,7 +37,9 @@ def test_stylize_accepts_arrays_and_pil_and_writes_when_asked(tmp_path):
     content = rng.uniform(0, 1, (30, 40, 3))  # floats in 0..1
     style = Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
     out = tmp_path / "run"
-    r = nst.stylize(content, style, output_dir=out, loss={"beta": 10.0}, **TINY, **RANDOM)
+    r = nst.stylize(
+        content, style, output_dir=out, loss={"beta": 10.0}, eval=NO_EVAL["eval"], **TINY, **RANDOM
+    )
     saved = np.asarray(Image.open(out / "result.png"))
     np.testing.assert_array_equal(saved, r.image)  # the result is what result.png holds
     summary = json.loads((out / "summary.json").read_text())
@@ -48,6 +52,7 @@ def test_stylize_equals_the_cli_run_of_the_same_config(tmp_path):
     from tests.test_cli import nst as cli
 
     args = ["size=32", "steps=3", "save_every=0", "progress=false", "backbone=random_vgg16"]
+    args.append("eval.enabled=false")
     p = cli(*args, f"hydra.run.dir={tmp_path / 'cli'}")
     assert p.returncode == 0, p.stderr
     r = nst.stylize(overrides=args)
@@ -129,6 +134,7 @@ def test_a_backbone_and_a_tracker_registered_from_a_test_file_run(tmp_path):
         backbone={"arch": "tiny_test_net"},
         layers={"content_layers": {"feat2": 1.0}, "style_layers": {"feat1": 1.0, "feat2": 1.0}},
         overrides=["layers=custom", "+logger.recorder_test={tag: hello}", "layers.rectified=false"],
+        **NO_EVAL,
         **TINY,
     )
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -153,6 +159,7 @@ def test_unknown_backbone_and_tracker_are_one_line_errors():
 def test_any_optax_optimizer_by_name():
     r = nst.stylize(
         optimizer={"name": "adamw", "lr": 5.0, "kwargs": {"weight_decay": 0.0}},
+        **NO_EVAL,
         **TINY,
         **RANDOM,
     )

@@ -386,8 +386,12 @@ def test_html_is_self_contained(mixed_sweep):
     assert page.startswith("<!doctype html>")
     assert 'src="http' not in page and "http://" not in page and "https://" not in page
     assert "<link" not in page and "<script" not in page and "url(" not in page
-    refs = re.findall(r'(?:src|href)="([^"]*)"', page)
-    assert refs and all(r.startswith("data:image/") for r in refs)
+    # Every picture is embedded; links only lead to the jobs' own files, relative to the sweep.
+    srcs = re.findall(r'src="([^"]*)"', page)
+    assert srcs and all(r.startswith("data:image/") for r in srcs)
+    hrefs = re.findall(r'href="([^"]*)"', page)
+    jobs = {p.name for p in sweep.iterdir() if p.is_dir()}
+    assert all(h.split("/", 1)[0] in jobs and (sweep / h).exists() for h in hrefs), hrefs
     assert page.count("data:image/png;base64,") == 1  # the contact sheet
     assert page.count("data:image/jpeg;base64,") == 4  # a thumbnail per job
     assert page.count("<svg") == 1  # only job 0 has metrics

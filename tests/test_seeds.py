@@ -60,3 +60,20 @@ def test_seed_experiment_runs_offline(experiment, tmp_path):
         assert all("lr" in r for r in rows)  # the schedule is logged
     if experiment == "seeds/lewuathe2017":
         assert (out / "progress.gif").exists()
+
+
+@pytest.mark.slow  # four 96 px runs of 80 steps on the embedded VGG16
+def test_eval_metrics_trace_the_alpha_beta_trade_off():
+    """Along an α/β sweep the fixed evaluation moves monotonically: more style weight, larger
+    content error and smaller style error (the trend of the paper's Fig. 4 rows)."""
+    import nst
+
+    evals = []
+    for beta in (1e1, 1e2, 1e3, 1e4):
+        r = nst.stylize(
+            "sample:chelsea", "sample:ihc", size=96, steps=80, progress=False, loss={"beta": beta}
+        )
+        evals.append((r.final["eval/content"], r.final["eval/style"]))
+    content, style = zip(*evals, strict=True)
+    assert list(content) == sorted(content) and content[0] < content[-1], evals
+    assert list(style) == sorted(style, reverse=True) and style[0] > style[-1], evals
