@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +17,7 @@ from omegaconf import DictConfig
 
 from nst import hostmem
 from nst.config import is_run_only, register_configs
-from nst.errors import NstError, RunInterrupted
+from nst.errors import NstError, RunInterrupted, Terminated
 
 if TYPE_CHECKING:
     from nst.tracking import JobInfo
@@ -81,6 +83,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     run_dir = hc.runtime.output_dir
     multirun = hc.mode == RunMode.MULTIRUN
     info = job_info(hc)
+    if cfg.get("resume") and hc.output_subdir is None:
+        _write_hydra_record(cfg, hc, Path(run_dir))
     slot = current_job()  # set by hydra/launcher=batched: this job runs in a thread of a batch
     if slot is not None:
         slot.started()  # done with Hydra's global config: the next job may set up
@@ -98,9 +102,18 @@ def _hydra_main(cfg: DictConfig) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-        if multirun and not isinstance(e, RunInterrupted):
+        if isinstance(e, RunInterrupted):
+            sys.exit(128 + e.signum)  # a signal stops the whole sweep, not just this job
+        if multirun:
             return  # recorded in error.json: the other jobs run, the sweep ends non-zero
-        sys.exit(2)  # a signal stops the whole sweep, not just this job
+        sys.exit(2)
+    if summary.get("signal"):
+        print(
+            f"nst: interrupted while writing the result; the run is complete ({run_dir})",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(128 + summary["signal"])
     final = summary["final"]
     print(
         f"nst: wrote {summary['result']}  (total {final['total']:.4g}, content {final['content']:.4g},"
@@ -108,22 +121,106 @@ def _hydra_main(cfg: DictConfig) -> None:
     )
 
 
-def check_output_dirs(argv: list[str]) -> str | None:
-    """A one-line problem with ``hydra.run.dir=`` / ``hydra.sweep.dir=`` on the command line, found
-    before Hydra tries (and fails with a traceback) to create the directory."""
+_INFO_FLAGS = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--version",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--resolve",
+)
+_TRUE = ("true", "yes", "on", "1")
+
+
+def _value(argv: list[str], key: str) -> str | None:
     for arg in argv:
-        key, _, value = arg.partition("=")
-        if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or not value:
-            continue
-        path = Path(value.split("${", 1)[0] or ".").expanduser()
-        existing = path
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            return f"output directory {value} cannot be created: {existing} is not a directory"
-        if not os.access(existing, os.W_OK | os.X_OK):
-            return f"output directory {value} cannot be created: {existing} is not writable"
+        k, sep, v = arg.partition("=")
+        if sep and k.lstrip("+~") == key:
+            return v
     return None
+
+
+def resuming(argv: list[str]) -> bool:
+    return (_value(argv, "resume") or "").strip("'\"").lower() in _TRUE
+
+
+def _write_hydra_record(cfg: DictConfig, hc: DictConfig, run_dir: Path) -> None:
+    """``resume=true`` runs keep Hydra from rewriting ``.hydra/`` (a refused resume must leave
+    the run's record as it was); a run that has none yet (a fresh start) gets it here."""
+    from omegaconf import OmegaConf
+
+    out = run_dir / ".hydra"
+    if out.exists():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(hc.overrides.task)), out / "overrides.yaml")
+
+
+def check_output_dirs(argv: list[str]) -> str | None:
+    """A one-line problem with where the run will write, found before Hydra tries (and fails
+    with a traceback) to create the directory or overwrites another run's .hydra/ files:
+    ``hydra.run.dir=`` / ``hydra.sweep.dir=`` that cannot be created or written, a default
+    ``outputs/`` under an unwritable working directory, or a directory that already holds a run
+    (without ``resume=true``)."""
+    if any(a.split("=", 1)[0] in _INFO_FLAGS for a in argv):
+        return None
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    value = _value(argv, key)
+    given = value is not None
+    if not given:
+        value = "outputs"  # the default run and sweep directories live under ./outputs
+    path = Path(value.split("${", 1)[0] or ".").expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"output directory {value} cannot be created: {existing} is not a directory"
+    from nst.files import WriteError, probe_writable
+
+    try:
+        probe_writable(path)
+    except WriteError as e:
+        hint = "" if given else f" (the default; run from a writable directory or set {key}=DIR)"
+        return f"{e}{hint}"
+    if given and path.is_dir() and not resuming(argv):
+        from nst.rundir import previous_files
+
+        dirs = [p for p in path.iterdir() if p.is_dir()] if multirun else [path]
+        held = [d for d in dirs if previous_files(d)]
+        if held:
+            return (
+                f"{held[0]} already holds a run ({', '.join(previous_files(held[0])[:3])}); "
+                f"continue it with resume=true, or choose another {key}"
+            )
+    return None
+
+
+_PLAIN = re.compile(r"[^,\[\]{}()'\"$*?\\]+")
+
+
+def quote_non_ascii(argv: list[str]) -> tuple[list[str], str | None]:
+    """Hydra's override lexer takes non-ASCII characters only inside quotes: quote a plain
+    ``key=value`` for the user (``content=bild_ü.jpg``), or say how when the value has sweep or
+    grammar characters."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and not value.isascii() and not value.startswith(("'", '"')):
+            if not _PLAIN.fullmatch(value):
+                return argv, (
+                    f"{arg}: values with non-ASCII characters must be quoted, e.g. "
+                    f"'{key}=\"{value}\"' (the shell needs the outer single quotes)"
+                )
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out, None
 
 
 # Compiled programs kept across runs (JAX's persistent compilation cache): a second run of the same
@@ -155,18 +252,39 @@ def enable_compile_cache() -> str | None:
     return os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
+def _terminate(signum, frame) -> None:  # noqa: ARG001
+    raise Terminated()
+
+
 def main() -> None:
     """Console-script entry point (``nst``)."""
     hostmem.tune_malloc()  # before JAX starts its threads (see nst.hostmem)
-    problem = check_output_dirs(sys.argv[1:])
-    if problem:
-        print(f"nst: error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    # Hydra logs at INFO; JAX's backend probing ("Unable to initialize backend 'tpu'") is noise.
-    logging.getLogger("jax").setLevel(logging.WARNING)
-    enable_compile_cache()
-    register_configs()
-    _hydra_main()
+    # Until the optimization installs its own handlers (which checkpoint first), SIGTERM unwinds
+    # like Ctrl-C and ends with one line.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        argv, problem = quote_non_ascii(sys.argv[1:])
+        problem = problem or check_output_dirs(argv)
+        if problem:
+            print(f"nst: error: {problem}", file=sys.stderr)
+            sys.exit(2)
+        if resuming(argv) and not any(a.startswith("hydra.output_subdir=") for a in argv):
+            # Keep the run's own .hydra/ record: a refused resume must leave it as it was.
+            argv.append("hydra.output_subdir=null")
+        sys.argv[1:] = argv
+        # Hydra logs at INFO; JAX's backend probing ("Unable to initialize backend 'tpu'") is noise.
+        logging.getLogger("jax").setLevel(logging.WARNING)
+        enable_compile_cache()
+        register_configs()
+        _hydra_main()
+    except (KeyboardInterrupt, Terminated) as e:
+        signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        name = signal.Signals(signum).name
+        print(
+            f"nst: interrupted ({name}) before the optimization started; nothing to save",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

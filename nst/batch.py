@@ -244,6 +244,7 @@ def stylize_batch(
         batched=True,
         writers=[r.get("writer") or MetricWriter() for r in requests],
         checkpoint_paths=[r.get("checkpoint_path") for r in requests],
+        checkpoint_meta=[r.get("checkpoint_meta", "") for r in requests],
         order=metric_order(loss),
         steps=steps,
         ends=ends,

@@ -447,21 +447,23 @@ def build(
     )
 
 
-def save_checkpoint(path: str | Path, state: State) -> Path:
-    """The whole state (pixels, optimizer state leaves, step) as one .npz, written atomically."""
+def save_checkpoint(path: str | Path, state: State, meta: str = "") -> Path:
+    """The whole state (pixels, optimizer state leaves, step) as one .npz, written atomically,
+    with ``meta`` (the run's JSON record of what the state belongs to) as a string array."""
     leaves = jax.tree.leaves(jax.device_get(state))
     buf = io.BytesIO()
     np.savez(
         buf,
         step=np.asarray(state.step),
+        meta=np.asarray(meta),
         **{f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)},
     )
     return atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of a checkpoint written by :func:`save_checkpoint`."""
-    with np.load(path) as z:
+    """The arrays of a checkpoint written by :func:`save_checkpoint` (no pickles are read)."""
+    with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
@@ -551,6 +553,7 @@ def stylize(
     progress: bool = True,
     checkpoint_path: str | Path | None = None,
     checkpoint_every: int = 0,
+    checkpoint_meta: str = "",
     resume_state: Mapping[str, np.ndarray] | None = None,
     should_stop: Callable[[], bool] | None = None,
     early_stop_patience: int = 0,
@@ -607,6 +610,7 @@ def stylize(
         batched=False,
         writers=[writer],
         checkpoint_paths=[checkpoint_path],
+        checkpoint_meta=[checkpoint_meta],
         order=metric_order(loss),
         steps=steps,
         ends=ends,
@@ -639,6 +643,7 @@ def drive_calls(
     batched: bool,
     writers: Sequence[MetricWriter],
     checkpoint_paths: Sequence[str | Path | None],
+    checkpoint_meta: Sequence[str] = (),
     order: Sequence[str],
     steps: int,
     ends: Sequence[int],
@@ -746,7 +751,8 @@ def drive_calls(
             if (checkpoint_every > 0 and done % checkpoint_every == 0 and done < steps) or stop:
                 for j in live:
                     if checkpoint_paths[j] is not None:
-                        save_checkpoint(checkpoint_paths[j], job_state(state, j))
+                        meta = checkpoint_meta[j] if j < len(checkpoint_meta) else ""
+                        save_checkpoint(checkpoint_paths[j], job_state(state, j), meta)
             if stop:
                 images = np.asarray(jax.device_get(state.image))
                 for j in live:

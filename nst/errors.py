@@ -27,7 +27,18 @@ class DivergedError(NstError):
 
 
 class RunInterrupted(NstError):
-    """SIGINT/SIGTERM stopped the run after writing a checkpoint (summary.json: "interrupted")."""
+    """SIGINT/SIGTERM stopped the run after writing a checkpoint (summary.json: "interrupted");
+    the command exits with 128 + ``signum`` (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.signum = signum
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the optimization loop (set-up, compile): unwinds like KeyboardInterrupt."""
+
+    signum = 15
 
 
 def one_line(text: object) -> str:

@@ -6,6 +6,8 @@ destination and is renamed into place.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import http.client
 import json
 import os
@@ -21,23 +23,68 @@ from nst.errors import NstError, one_line
 CHUNK = 1 << 20
 
 
+class WriteError(NstError, OSError):
+    """A file could not be written (full disk, read-only or unwritable directory): one line
+    naming the file and the reason; still an OSError for code that handles those."""
+
+
+def write_error(path: str | os.PathLike, err: OSError) -> WriteError:
+    reason = err.strerror or one_line(err)
+    hint = ""
+    if err.errno == errno.ENOSPC:
+        hint = "; free some space, then run the same command with resume=true"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "; choose a writable directory"
+    return WriteError(f"cannot write {path}: {reason}{hint}")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(f)`` on a uniquely named temp file beside ``path``, fsync it and rename it
     into place. Concurrent writers (a sweep's jobs caching the same weights) each produce a whole
-    file; the last rename wins."""
+    file; the last rename wins. An OSError becomes a one-line :class:`WriteError`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, NstError):
+            raise write_error(path, e) from None
         raise
     return path
+
+
+def probe_writable(path: str | os.PathLike) -> None:
+    """Whether a directory ``path`` can be created and written: a WriteError now instead of a
+    traceback later (``os.access`` says yes to root on read-only file systems). Directories the
+    probe creates are removed again."""
+    path = Path(path)
+    missing = path
+    while not missing.parent.exists() and missing.parent != missing:
+        missing = missing.parent
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path) as f:
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise write_error(path, e) from None
+    finally:
+        if created:
+            for d in [path, *path.parents]:
+                if d == missing.parent:
+                    break
+                with contextlib.suppress(OSError):
+                    d.rmdir()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

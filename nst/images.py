@@ -77,6 +77,8 @@ def load_image(spec: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file PIL can read") from None
+    except PermissionError as e:
+        raise ImageError(f"{path}: cannot read the file ({e.strerror})") from None
     except (
         OSError,
         SyntaxError,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import signal
@@ -26,7 +27,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 import nst
-from nst import images
+from nst import images, rundir
 from nst.backbones import get_backbone
 from nst.engine import Diverged, Interrupted, stylize
 from nst.errors import (
@@ -38,7 +39,7 @@ from nst.errors import (
     WeightsError,
     one_line,
 )
-from nst.files import atomic_write_bytes, atomic_write_json
+from nst.files import atomic_write_json
 from nst.spec import RunSpec
 from nst.tracking import JobInfo, MetricWriter, TrackerContext, make_writer
 
@@ -111,22 +112,31 @@ def check_size(arch: str, layers: list[str], hw: tuple[int, int], size: int) -> 
     deepest = backbone.deepest_layer(layers)
     if min(backbone.layer_size(deepest, *hw)) < 1:
         need = backbone.min_side(deepest)
+        works = math.ceil(size * need / min(hw))
         raise ConfigError(
             f"size={size} gives a {hw[1]}x{hw[0]} image whose shorter side is below {need} px, "
-            f"the minimum for layer {deepest}; use a larger size"
+            f"the minimum for layer {deepest}; use size={works} or more"
         )
+
+
+class StopFlag(threading.Event):
+    """Set by a signal; ``signum`` says which (SIGINT unless a handler recorded another)."""
+
+    signum: int = signal.SIGINT
 
 
 @contextlib.contextmanager
 def stop_on_signals():
-    """An Event set by SIGINT/SIGTERM while the block runs (the loop then checkpoints and stops);
-    the previous handlers come back afterwards. Off the main thread signals cannot be caught."""
-    stop = threading.Event()
+    """A :class:`StopFlag` set by SIGINT/SIGTERM while the block runs (the loop then checkpoints
+    and stops); the previous handlers come back afterwards. Off the main thread signals cannot
+    be caught."""
+    stop = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
 
     def handler(signum, frame):  # noqa: ARG001
+        stop.signum = signum
         stop.set()
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -135,20 +145,6 @@ def stop_on_signals():
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metrics rows of steps before ``step`` (a resumed run logs the rest again)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] < step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            break  # a line cut by the crash: nothing after it is trustworthy
-    atomic_write_bytes(path, "".join(f"{x}\n" for x in keep).encode())
 
 
 def run(
@@ -170,18 +166,15 @@ def run(
     message (the sweep report shows it) and the exception propagates.
     """
     run_dir = None if run_dir is None else Path(run_dir)
+    claim = {"claimed": False}
     try:
         if not isinstance(spec, RunSpec):
-            try:
-                spec = RunSpec.from_config(spec)
-            except BaseException:
-                # A bad config on a re-run: no earlier summary.json may stand next to error.json.
-                if run_dir is not None and not bool(spec.get("resume", False)):
-                    (run_dir / "summary.json").unlink(missing_ok=True)
-                raise
-        return _run(spec, run_dir, job or JobInfo(), stylize_fn or stylize, writers or [])
+            spec = RunSpec.from_config(spec)
+        return _run(spec, run_dir, job or JobInfo(), stylize_fn or stylize, writers or [], claim)
     except BaseException as e:
-        if run_dir is None:
+        # error.json goes into a directory this run claimed, or one holding no other run: a
+        # refused or failed start must not leave a record beside another run's files.
+        if run_dir is None or (not claim["claimed"] and rundir.previous_files(run_dir)):
             raise
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         # An unwritable run directory may itself be the error being reported.
@@ -199,24 +192,20 @@ def _run(
     job: JobInfo,
     stylize: Callable[..., Any],
     extra_writers: list[MetricWriter],
+    claim: dict[str, bool],
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
     ckpt_path = run_dir / "checkpoint.npz" if run_dir is not None else None
     resume_state = None
-    if spec.resume and run_dir is not None:
-        done = run_dir / "summary.json"
-        if done.exists() and json.loads(done.read_text()).get("status") == "ok":
-            print(f"nst: {run_dir} already finished; nothing to resume", flush=True)
-            summary = json.loads(done.read_text())
-            return {**summary, "image": images.to_uint8(images.load_image(run_dir / "result.png"))}
-        if ckpt_path.exists():
-            from nst.engine import load_checkpoint
-
-            resume_state = load_checkpoint(ckpt_path)
-            truncate_metrics(run_dir / "metrics.jsonl", int(resume_state["step"]))
-            print(f"nst: resuming {run_dir} from step {int(resume_state['step'])}", flush=True)
     if run_dir is not None:
+        if spec.resume:
+            resume_state, finished = _resume(spec, run_dir, ckpt_path)
+            if finished is not None:
+                return finished
+        else:
+            rundir.check_fresh(run_dir)
+        claim["claimed"] = True
         for stale in ("error.json", "summary.json", "interrupted.png", "last_finite.png"):
             (run_dir / stale).unlink(missing_ok=True)
 
@@ -272,7 +261,7 @@ def _run(
                         run_dir / "summary.json",
                         {"status": "interrupted", "step": i.step, "error": msg},
                     )
-                raise RunInterrupted(msg) from None
+                raise RunInterrupted(msg, int(stop.signum)) from None
             wall = time.perf_counter() - t0
             result_path = str(run_dir / "result.png") if run_dir is not None else None
             summary = {
@@ -342,6 +331,8 @@ def _run(
                 atomic_write_json(run_dir / "summary.json", summary)
                 ckpt_path.unlink(missing_ok=True)  # the result supersedes the checkpoint
             exit_code = 0
+            if stop.is_set():  # a signal while the result was written: it is complete anyway
+                summary["signal"] = int(stop.signum)
         except BaseException as e:
             status = {DivergedError: "diverged", RunInterrupted: "interrupted"}.get(
                 type(e), "failed"
@@ -358,6 +349,50 @@ def _write_animation(run_dir: Path, init: np.ndarray, result: np.ndarray) -> Pat
     snaps = sorted((run_dir / "snapshots").glob("step_*.png"))
     frames = [init, *(images.load_image(p) for p in snaps), result]
     return images.save_gif(frames, run_dir / "progress.gif")
+
+
+def _resume(
+    spec: RunSpec, run_dir: Path, ckpt_path: Path
+) -> tuple[dict[str, np.ndarray] | None, dict[str, Any] | None]:
+    """``resume=true``: the checkpoint to continue from, or the finished run's summary (with its
+    image), or neither (nothing to continue: the directory is cleared and the run starts over).
+    A run recorded with another result-shaping config is refused before anything changes."""
+    summary_path = run_dir / "summary.json"
+    try:
+        finished = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    except (OSError, ValueError):
+        finished = {}
+    if finished.get("status") == "ok" and (run_dir / "result.png").exists():
+        rundir.check_same_run(
+            f"the finished run in {run_dir}", finished.get("config") or {}, spec.config
+        )
+        print(f"nst: {run_dir} already finished; nothing to resume", flush=True)
+        image = images.to_uint8(images.load_image(run_dir / "result.png"))
+        return None, {**finished, "image": image}
+    if ckpt_path.exists():
+        arrays, meta = rundir.read_checkpoint(ckpt_path)
+        rundir.check_same_run(f"the checkpoint in {run_dir}", meta.get("config") or {}, spec.config)
+        step, last = int(arrays["step"]), spec.pyramid_steps[-1]
+        if step > last:
+            raise ConfigError(
+                f"resume=true: the checkpoint in {run_dir} is at step {step}, past steps={last}; "
+                f"give steps >= {step} to continue it"
+            )
+        rundir.truncate_metrics(run_dir / "metrics.jsonl", step)
+        print(f"nst: resuming {run_dir} from step {step}", flush=True)
+        return arrays, None
+    if rundir.previous_files(run_dir):
+        print(
+            f"nst: nothing to resume in {run_dir} (no checkpoint): starting the run over",
+            file=sys.stderr,
+            flush=True,
+        )
+        rundir.clear(run_dir)
+    else:
+        print(
+            f"nst: nothing to resume in {run_dir}: starting a new run", file=sys.stderr, flush=True
+        )
+    return None, None
 
 
 def _describe(image: Any) -> str:
@@ -434,6 +469,7 @@ def _optimize(
             progress=spec.progress,
             checkpoint_path=ckpt_path if last else None,
             checkpoint_every=spec.checkpoint_every if last and ckpt_path is not None else 0,
+            checkpoint_meta=rundir.checkpoint_meta(spec.config),
             resume_state=resume_state if last else None,
             should_stop=should_stop,
             early_stop_patience=spec.early_stop_patience,

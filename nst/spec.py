@@ -321,6 +321,11 @@ def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
         raise ConfigError(f"init.mix must be in [0, 1], got {init.mix}")
     if init.name == "file" and not init.path:
         raise ConfigError("init=file needs init.path=FILE")
+    if init.path and init.name != "file":
+        raise ConfigError(
+            f"init.path={init.path} is only read with init=file (init={init.name}); "
+            "add init=file or drop init.path"
+        )
     b = cfg.backbone
     weights = WeightsSpec(
         source=name_of(b.weights),

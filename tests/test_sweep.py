@@ -242,7 +242,7 @@ def test_sigterm_stops_the_whole_sweep(tmp_path, write_png):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "interrupted at step" in err
+    assert proc.returncode == 143 and "interrupted at step" in err
     assert not list(sweep.glob("1_*"))  # the second job never started
     assert json.loads(next(sweep.glob("0_*/summary.json")).read_text())["status"] == "interrupted"
 

@@ -75,7 +75,7 @@ class BatchedLauncher(Launcher):
                     break
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         if stop.is_set():
-            sys.exit(2)  # as with the basic launcher: a signal stops the whole sweep
+            sys.exit(128 + int(stop.signum))  # as with the basic launcher: a signal stops the sweep
         return runs
 
     def _launch_chunk(

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +219,10 @@ def atomic_save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarra
 def load_params(path: str | os.PathLike[str]) -> Params:
     """Load an ``.npz`` written by :func:`save_params` (no shape checks; see check_params)."""
     params: Params = {}
+    if not zipfile.is_zipfile(path):  # np.load would suggest allow_pickle, never the answer here
+        raise WeightsError(
+            f"cannot read weights {path}: not an .npz archive (corrupt or truncated)"
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
             for key in npz.files:
@@ -230,7 +235,7 @@ def load_params(path: str | os.PathLike[str]) -> Params:
     except WeightsError:
         raise
     except Exception as err:  # zipfile/pickle/format errors all mean "not a usable .npz"
-        raise WeightsError(f"cannot read weights {path}: {err}") from err
+        raise WeightsError(f"cannot read weights {path}: {one_line(err)}") from err
     return params
 
 

@@ -3,6 +3,7 @@ tracking service. ``LocalWriter`` writes JSON lines and PNG snapshots into the r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from nst.files import write_error
 from nst.images import save_image
 
 
@@ -82,21 +84,28 @@ class LocalWriter(MetricWriter):
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self._f = self.metrics_path.open("a", encoding="utf-8")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._f = self.metrics_path.open("a", encoding="utf-8")
+        except OSError as e:
+            raise write_error(self.metrics_path, e) from None
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         row = {"step": int(step), **{k: _json_float(v) for k, v in scalars.items()}}
-        self._f.write(json.dumps(row) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(row) + "\n")
+            self._f.flush()
+        except OSError as e:
+            raise write_error(self.metrics_path, e) from None
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         for name, img in images.items():
             save_image(img, self.run_dir / "snapshots" / f"{name}_{int(step):06d}.png")
 
     def close(self, exit_code: int = 0) -> None:
-        self._f.close()
+        with contextlib.suppress(OSError):  # a full disk may refuse the last flush too
+            self._f.close()
 
 
 def _json_float(v: float) -> float | str | None:
