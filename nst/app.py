@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from nst import hostmem
 from nst.config import is_run_only, register_configs
-from nst.errors import NstError, RunInterrupted, Terminated
+from nst.errors import NstError, RunInterrupted
 
 if TYPE_CHECKING:
     from nst.tracking import JobInfo
@@ -252,16 +252,21 @@ def enable_compile_cache() -> str | None:
     return os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
-def _terminate(signum, frame) -> None:  # noqa: ARG001
-    raise Terminated()
+def _exit_on_signal(signum, frame) -> None:  # noqa: ARG001
+    """SIGINT/SIGTERM outside the optimization loop (which installs handlers that checkpoint):
+    one line and the conventional exit code, at once. Unwinding through JAX's set-up or compile
+    (an exception from the handler) can crash the interpreter at exit; nothing needs saving yet,
+    and every file nst writes is written atomically."""
+    name = signal.Signals(signum).name
+    os.write(2, f"nst: interrupted ({name}) outside the optimization; nothing to save\n".encode())
+    os._exit(128 + signum)
 
 
 def main() -> None:
     """Console-script entry point (``nst``)."""
     hostmem.tune_malloc()  # before JAX starts its threads (see nst.hostmem)
-    # Until the optimization installs its own handlers (which checkpoint first), SIGTERM unwinds
-    # like Ctrl-C and ends with one line.
-    signal.signal(signal.SIGTERM, _terminate)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_on_signal)
     try:
         argv, problem = quote_non_ascii(sys.argv[1:])
         problem = problem or check_output_dirs(argv)
@@ -277,14 +282,9 @@ def main() -> None:
         enable_compile_cache()
         register_configs()
         _hydra_main()
-    except (KeyboardInterrupt, Terminated) as e:
-        signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
-        name = signal.Signals(signum).name
-        print(
-            f"nst: interrupted ({name}) before the optimization started; nothing to save",
-            file=sys.stderr,
-        )
-        sys.exit(128 + signum)
+    except KeyboardInterrupt:  # raised by code that restored Python's default handler
+        print("nst: interrupted (SIGINT); nothing to save", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

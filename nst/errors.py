@@ -35,12 +35,6 @@ class RunInterrupted(NstError):
         self.signum = signum
 
 
-class Terminated(BaseException):
-    """SIGTERM outside the optimization loop (set-up, compile): unwinds like KeyboardInterrupt."""
-
-    signum = 15
-
-
 def one_line(text: object) -> str:
     """``text`` (an exception or any object) as one line: whitespace runs folded to a space; an
     exception without a message gives its type's name."""

@@ -102,6 +102,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         from nst.engine import load_checkpoint
 
+        if not zipfile.is_zipfile(path):  # np.load would advise allow_pickle: never the answer
+            raise ValueError("not an .npz archive")
         arrays = load_checkpoint(path)
         meta = json.loads(str(arrays.pop("meta", "")) or "{}")
         int(arrays["step"])

@@ -1,0 +1,338 @@
+"""Bad inputs and faults: exit code 2 (130/143 for signals), one stderr line, no traceback, and
+the files left as the docs promise. One test per case of the reliability issue's table."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import TINY, nst
+
+FAST = [a for a in TINY if not a.startswith(("steps=", "save_every="))] + ["save_every=0"]
+
+
+def one_line_error(p: subprocess.CompletedProcess, code: int = 2) -> str:
+    err = p.stderr.strip()
+    assert p.returncode == code, (p.returncode, p.stderr)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("nst: error:") or err.startswith("nst: interrupted"), err
+    return err
+
+
+def snapshot(d: Path) -> dict[Path, bytes]:
+    """Every file's bytes (Hydra's job log, app.log, is opened by every run and holds nothing)."""
+    return {p: p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != "app.log"}
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory, write_png_module):
+    """A run directory stopped after a checkpoint at step 4 of 8 (the summary says
+    interrupted), made once and copied per test."""
+    import nst as api
+    from nst.errors import RunInterrupted
+
+    d = tmp_path_factory.mktemp("ckpt")
+    c, s = write_png_module(d / "c.png", 30, 40, 1), write_png_module(d / "s.png", 40, 40, 2)
+    args = [f"content={c}", f"style={s}", *FAST, "steps=8", "checkpoint_every=4"]
+    run = d / "run"
+    calls = {"n": 0}
+
+    def stop_after_first_checkpoint():
+        calls["n"] += 1
+        return calls["n"] >= 4  # polled after every call; steps 1..4, checkpoint at 4
+
+    from nst import run as nrun
+
+    orig = nrun.stop_on_signals
+
+    class Flag:
+        signum = signal.SIGINT
+
+        def is_set(self):
+            return stop_after_first_checkpoint()
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def fake():
+        yield Flag()
+
+    nrun.stop_on_signals = fake
+    try:
+        with pytest.raises(RunInterrupted):
+            api.stylize(overrides=args, output_dir=run)
+    finally:
+        nrun.stop_on_signals = orig
+    assert (run / "checkpoint.npz").exists()
+    (run / ".hydra").mkdir(exist_ok=True)
+    (run / ".hydra" / "config.yaml").write_text("the run's own record\n")
+    return run, args
+
+
+@pytest.fixture(scope="module")
+def write_png_module():
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import smooth_image
+
+    def _write(path: Path, h: int, w: int, seed: int) -> Path:
+        Image.fromarray(smooth_image(h, w, seed).astype(np.uint8)).save(path)
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def stopped_run(checkpointed, tmp_path):
+    src, args = checkpointed
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    return run, args
+
+
+def test_steps_zero_writes_the_initial_image(tmp_path, write_png):
+    c = write_png("c.png", 30, 40, 1)
+    out = tmp_path / "run"
+    p = nst(f"content={c}", f"style={c}", *FAST, "steps=0", f"hydra.run.dir={out}")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["steps"] == 0
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["seed=-1", "init=noise"], "seed must be an integer in [0, 2**32), got -1"),
+        (["backbone.seed=-1"], "backbone.seed must be an integer in [0, 2**32), got -1"),
+        (["init.path=/nope.png"], "init.path=/nope.png is only read with init=file"),
+        (["steps=-1"], "steps must be >= 0, got -1"),
+    ],
+    ids=["seed", "backbone-seed", "init-path-ignored", "negative-steps"],
+)
+def test_bad_values_before_anything_runs(tmp_path, args, needle):
+    out = tmp_path / "run"
+    err = one_line_error(nst(*FAST, *args, f"hydra.run.dir={out}"))
+    assert needle in err
+    assert not (out / "result.png").exists() and not (out / "summary.json").exists()
+
+
+def test_resume_with_fewer_steps_than_the_checkpoint(stopped_run):
+    run, args = stopped_run
+    before = snapshot(run)
+    err = one_line_error(nst(*args, "steps=2", f"hydra.run.dir={run}", "resume=true"))
+    assert "checkpoint" in err and "at step 4, past steps=2" in err and "steps >= 4" in err
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize(
+    "change, listed", [("size=48", "size: 40 -> 48"), ("loss.beta=10", "loss.beta: 1000.0 -> 10.0")]
+)
+def test_resume_with_another_config_refuses_and_changes_nothing(stopped_run, change, listed):
+    run, args = stopped_run
+    before = snapshot(run)
+    err = one_line_error(nst(*args, change, f"hydra.run.dir={run}", "resume=true"))
+    assert err.startswith("nst: error: resume=true:") and listed in err
+    assert snapshot(run) == before  # .hydra/config.yaml included
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_checkpoint_says_how_to_start_over(stopped_run, damage):
+    run, args = stopped_run
+    ckpt = run / "checkpoint.npz"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(b"not a checkpoint" if damage == "garbage" else data[: len(data) // 2])
+    err = one_line_error(nst(*args, f"hydra.run.dir={run}", "resume=true"))
+    assert f"checkpoint {ckpt} is corrupt or truncated" in err and "to start over" in err
+    assert "allow_pickle" not in err and not (run / "result.png").exists()
+
+
+def test_resume_in_an_empty_directory_says_it_starts_fresh(tmp_path, write_png):
+    c = write_png("c.png", 30, 40, 1)
+    out = tmp_path / "run"
+    p = nst(f"content={c}", f"style={c}", *FAST, "steps=2", f"hydra.run.dir={out}", "resume=true")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.strip() == f"nst: nothing to resume in {out}: starting a new run"
+    assert (out / "result.png").exists() and (out / ".hydra" / "config.yaml").exists()
+
+
+def test_rerun_into_a_finished_directory_refuses_and_keeps_it(tmp_path, write_png):
+    c = write_png("c.png", 30, 40, 1)
+    out = tmp_path / "run"
+    args = [f"content={c}", f"style={c}", *FAST, "steps=2", f"hydra.run.dir={out}"]
+    assert nst(*args).returncode == 0
+    before = snapshot(out)
+    err = one_line_error(nst(*args))
+    assert f"{out} already holds a run" in err and "resume=true" in err
+    # a failing re-run (a bad image) leaves the finished run as it was too
+    one_line_error(nst(*args, "style=/nope.png"))
+    assert snapshot(out) == before and not (out / "error.json").exists()
+    rows = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows == sorted(set(rows))  # metrics.jsonl never holds two runs
+
+
+def test_output_directory_under_proc(tmp_path):
+    err = one_line_error(nst(*FAST, "hydra.run.dir=/proc/nst-run"))
+    assert "cannot write /proc/nst-run" in err
+
+
+def _mount_tmpfs(path: Path, opts: str) -> None:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a tmpfs")
+    path.mkdir(parents=True, exist_ok=True)
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True
+    )
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.decode().strip()})")
+
+
+@pytest.fixture
+def mounts():
+    made: list[Path] = []
+    yield made
+    for m in made:
+        subprocess.run(["umount", "-l", str(m)], capture_output=True)
+
+
+def test_default_outputs_in_a_read_only_working_directory(tmp_path, mounts):
+    ro = tmp_path / "ro"
+    _mount_tmpfs(ro, "ro,size=64k")
+    mounts.append(ro)
+    p = subprocess.run(
+        [sys.executable, "-m", "nst.app", *FAST],
+        cwd=ro,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    err = one_line_error(p)
+    assert "cannot write outputs: Read-only file system" in err and "hydra.run.dir=DIR" in err
+
+
+def test_full_disk_at_start_and_at_the_first_checkpoint(tmp_path, write_png, mounts):
+    c = write_png("c.png", 30, 40, 1)
+    full = tmp_path / "full"
+    _mount_tmpfs(full, "size=64k")
+    mounts.append(full)
+    fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
+    with pytest.raises(OSError) as e:  # fill it up
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    assert e.value.errno == errno.ENOSPC
+    err = one_line_error(nst(f"content={c}", f"style={c}", *FAST, f"hydra.run.dir={full}/run"))
+    assert "No space left on device" in err and "resume=true" in err
+    (full / "filler").unlink()
+    # Room for the run's small files but not for its first checkpoint (Adam's state: 3 images).
+    (full / "filler").write_bytes(b"\0" * (64 * 1024 - 36 * 1024))
+    run = full / "run2"
+    args = [f"content={c}", f"style={c}", *FAST, "steps=4", "checkpoint_every=2", "size=64"]
+    err = one_line_error(nst(*args, f"hydra.run.dir={run}"))
+    assert f"cannot write {run / 'checkpoint.npz'}: No space left on device" in err
+    assert not (run / "result.png").exists() and not (run / "summary.json").exists()
+    assert not list(run.glob(".checkpoint.npz.*"))  # no half-written file
+
+
+def test_full_disk_at_the_result_keeps_the_checkpoint_for_resume(tmp_path, write_png, monkeypatch):
+    """After the whole run, result.png cannot be written: one line; the last checkpoint stays,
+    and resume=true finishes the run once there is space, byte-identical to a clean run."""
+    import tempfile
+
+    import nst as api
+    from nst.errors import NstError
+
+    c = write_png("c.png", 30, 40, 1)
+    args = [f"content={c}", f"style={c}", *FAST, "steps=4", "checkpoint_every=2"]
+    ref = api.stylize(overrides=args, output_dir=tmp_path / "ref")
+    real = tempfile.mkstemp
+
+    def full(*a, **k):
+        if str(k.get("prefix", "")).startswith(".result.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr("nst.files.tempfile.mkstemp", full)
+    run = tmp_path / "run"
+    with pytest.raises(NstError, match=r"cannot write .*result.png: No space left on device"):
+        api.stylize(overrides=args, output_dir=run)
+    assert (run / "checkpoint.npz").exists() and not (run / "summary.json").exists()
+    monkeypatch.setattr("nst.files.tempfile.mkstemp", real)
+    again = api.stylize(overrides=[*args, "resume=true"], output_dir=run)
+    assert (again.image == ref.image).all()
+
+
+def test_non_ascii_path_without_quotes_works(tmp_path, write_png):
+    c = write_png("bild_ü.png", 30, 40, 1)
+    out = tmp_path / "run"
+    p = nst(f"content={c}", f"style={c}", *FAST, "steps=0", f"hydra.run.dir={out}")
+    assert p.returncode == 0, p.stderr
+    err = one_line_error(nst(f"content={c},{c}", *FAST, f"hydra.run.dir={tmp_path / 'x'}"))
+    assert "must be quoted" in err
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_set_up(tmp_path, write_png, sig, code):
+    c = write_png("c.png", 30, 40, 1)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nst.app", f"content={c}", f"style={c}", *FAST, "steps=100000"]
+        + [f"hydra.run.dir={out}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    t0 = time.time()
+    while not (out / ".hydra").exists():  # Hydra has set the job up: nst's code is running
+        assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    line = err.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line and "interrupted" in line, err
+    assert not (out / "result.png").exists()
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda d: (d / "w.npz").write_bytes(b"garbage"), "not an .npz archive"),
+        (lambda d: (d / "w.npz").write_bytes(b"PK\x03\x04broken"), "cannot read weights"),
+    ],
+    ids=["garbage", "broken-zip"],
+)
+def test_corrupt_weights_file_messages(tmp_path, make, needle):
+    make(tmp_path)
+    p = nst(
+        *FAST,
+        "backbone.weights=file",
+        f"backbone.weights_path={tmp_path / 'w.npz'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    err = one_line_error(p)
+    assert needle in err and "allow_pickle" not in err
+
+
+def test_weights_errors_name_real_keys(tmp_path):
+    err = one_line_error(nst(*FAST, "backbone.weights=torchvision", f"hydra.run.dir={tmp_path}/r"))
+    assert "backbone.weights=torchvision needs backbone.weights_path=" in err
+    assert "backbone.source" not in err
+
+
+def test_image_too_small_says_which_size_works(tmp_path):
+    err = one_line_error(nst(*FAST, "size=8", f"hydra.run.dir={tmp_path}/r"))
+    assert "use size=" in err and "or more" in err
+    size = int(err.split("use size=")[1].split()[0])
+    p = nst(*FAST, f"size={size}", "steps=0", f"hydra.run.dir={tmp_path}/ok")
+    assert p.returncode == 0, p.stderr  # the size it names does work
