@@ -54,7 +54,7 @@ def resolve_path(spec: str) -> Path:
 
 def load_image(spec: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file (or ``sample:NAME``) as float32 RGB ``(H, W, 3)`` in 0..255."""
-    path = resolve_path(str(spec))
+    path = resolve_path(os.fspath(spec))
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if path.is_dir():

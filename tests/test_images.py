@@ -82,9 +82,27 @@ def test_rgb_png_exact(tmp_path):
 
 
 def test_accepts_pathlike_and_str(tmp_path):
+    """A str, a Path, any other os.PathLike, and a ~ path all read the same file."""
+    import os
+
     a = _blocks()
     p = _save(Image.fromarray(a), tmp_path / "x.png")
-    np.testing.assert_array_equal(load_image(str(p)), load_image(p))
+
+    class Custom(os.PathLike):
+        def __fspath__(self):
+            return str(p)
+
+    want = load_image(str(p))
+    np.testing.assert_array_equal(want[..., 0], a[..., 0].astype(np.float32))
+    for spec in (p, Custom()):
+        np.testing.assert_array_equal(load_image(spec), want)
+    home = os.environ.get("HOME")
+    try:
+        os.environ["HOME"] = str(tmp_path)
+        np.testing.assert_array_equal(load_image("~/x.png"), want)
+    finally:
+        if home is not None:
+            os.environ["HOME"] = home
 
 
 def test_rgb_jpeg_approx(tmp_path):

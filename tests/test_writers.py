@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from nst.tracking import wandb_tracker as wandb_writer
 from nst.tracking.base import LocalWriter, MetricWriter, MultiWriter
 from nst.tracking.wandb_tracker import WandbWriter, default_mode, flatten
 
@@ -127,7 +126,10 @@ def test_wandb_log_failure_warns_once(capsys):
 
 
 def test_wandb_missing_package(tmp_path, monkeypatch, capsys):
+    """Without the wandb package a run still gets its local files, and one warning line."""
     import builtins
+
+    from nst.tracking import JobInfo, LocalWriter, TrackerContext, make_writer
 
     real_import = builtins.__import__
 
@@ -137,9 +139,16 @@ def test_wandb_missing_package(tmp_path, monkeypatch, capsys):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    assert _create(tmp_path) is None
-    assert "No module named 'wandb'" in capsys.readouterr().err
-    assert wandb_writer.WandbWriter is WandbWriter
+    ctx = TrackerContext(tmp_path, JobInfo(), {"loss": {}}, None, 1.0, False)
+    writer = make_writer({"wandb": {"mode": "offline"}}, ctx)
+    assert [type(w) for w in writer.writers] == [LocalWriter]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "W&B logging disabled" in err[0] and "No module named 'wandb'" in err[0]
+    )
+    writer.write_scalars(0, {"total": 1.0})
+    writer.close()
+    assert (tmp_path / "metrics.jsonl").read_text().strip() == '{"step": 0, "total": 1.0}'
 
 
 @pytest.mark.parametrize("exit_code", [0, 1])
