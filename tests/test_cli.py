@@ -77,6 +77,10 @@ def test_run_directory_contract(tmp_path, write_png):
     assert summary["status"] == "ok" and summary["steps"] == 4
     assert summary["backbone"]["arch"] == "vgg16" and summary["content"]["hw"] == [30, 40]
     assert summary["final"]["total"] == pytest.approx(r[-1]["total"])
+    assert summary["seed"] == 0 and summary["config"]["seed"] == 0
+    assert {"nst", "jax", "flax", "optax", "numpy", "python", "backend"} <= set(summary["versions"])
+    weights = summary["backbone"]
+    assert weights["source"] == "random" and len(weights["params_digest"]) == 64
     assert (out / ".hydra" / "config.yaml").exists()
     assert sorted(x.name for x in (out / "snapshots").iterdir()) == ["step_000002.png"]
 

@@ -336,3 +336,25 @@ def test_image_too_small_says_which_size_works(tmp_path):
     size = int(err.split("use size=")[1].split()[0])
     p = nst(*FAST, f"size={size}", "steps=0", f"hydra.run.dir={tmp_path}/ok")
     assert p.returncode == 0, p.stderr  # the size it names does work
+
+
+def test_early_stop_from_the_command_line(tmp_path, write_png):
+    """early_stop.patience=1 with a demanding min_delta ends the run at the first log row that
+    does not improve by it: fewer steps than asked, a finished summary, the last row there."""
+    c, s = write_png("c.png", 30, 40, 1), write_png("s.png", 40, 40, 2)
+    out = tmp_path / "run"
+    p = nst(
+        f"content={c}",
+        f"style={s}",
+        *FAST,
+        "steps=50",
+        "log_every=1",
+        "early_stop.patience=1",
+        "early_stop.min_delta=0.9",
+        f"hydra.run.dir={out}",
+    )
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["status"] == "ok" and 0 < summary["steps"] < 50
+    assert rows[-1]["step"] == summary["steps"]
