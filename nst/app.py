@@ -75,7 +75,7 @@ def job_info(hc: DictConfig) -> JobInfo:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     from nst.batch import current_job
     from nst.run import run  # after Hydra has parsed the command line: keeps --help fast
 
@@ -115,10 +115,20 @@ def _hydra_main(cfg: DictConfig) -> None:
         )
         sys.exit(128 + summary["signal"])
     final = summary["final"]
+    metric = summary.get("optimized_metric") or {}
+    if metric.get("value") is None:
+        print(
+            f"nst: warning: optimized_metric={metric.get('name')} is not among the final metrics "
+            f"({', '.join(sorted(final))}); returning total",
+            file=sys.stderr,
+        )
     print(
         f"nst: wrote {summary['result']}  (total {final['total']:.4g}, content {final['content']:.4g},"
         f" style {final['style']:.4g}; {summary['steps']} steps in {summary['wall_s']:.0f} s)"
     )
+    # Returned to Hydra: what optimizing sweepers (Optuna, ...) minimize or maximize.
+    value = metric.get("value")
+    return float(final["total"] if value is None else value)
 
 
 _INFO_FLAGS = (
@@ -267,6 +277,11 @@ def main() -> None:
     hostmem.tune_malloc()  # before JAX starts its threads (see nst.hostmem)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _exit_on_signal)
+    if sys.argv[1:] in (["--version"], ["-V"]):
+        from nst import __version__
+
+        print(f"nst {__version__}")
+        return
     try:
         argv, problem = quote_non_ascii(sys.argv[1:])
         problem = problem or check_output_dirs(argv)

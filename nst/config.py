@@ -8,7 +8,7 @@ contract other tools rely on (see the README).
 from __future__ import annotations
 
 import hashlib
-import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -220,6 +220,12 @@ class NSTConfig:
     # progress.gif in the run directory at the end: the initial image, every snapshot
     # (save_every) and the result; also logged to trackers and shown in the sweep report.
     animation: bool = False
+    # Also write the final image here (like neural-style's -output_image); the format follows
+    # the ending (.png, .jpg, .webp, .tif, .bmp).
+    output: str | None = None
+    # The number a sweeper optimizes (returned by every job): any key of the final metrics
+    # (total, style, eval/style, ...); None: eval/style when the evaluation runs, else total.
+    optimized_metric: str | None = None
     max_pixels: int = 100_000_000
     progress: bool = True
     debug: bool = False
@@ -254,14 +260,19 @@ def is_run_only(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RUN_ONLY_KEYS)
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+@%-]")
+
+
 def safe_dirname(overrides: Any, limit: int = 120) -> str:
     """A sweep job's overrides (Hydra's ``hydra.overrides.task``) as one directory name: the
-    overrides that shape the result, sorted and joined by commas, path separators replaced, long
-    names cut and suffixed with a short hash so they stay unique (``${nst_dirname:...}``)."""
+    overrides that shape the result, sorted and joined by commas, every character a shell would
+    treat specially (``/``, ``:``, ``|``, quotes, spaces, ...) replaced by ``_``, long names cut and
+    suffixed with a short hash so they stay unique (``${nst_dirname:...}``)."""
     if isinstance(overrides, str):
         overrides = [overrides] if overrides else []
     lines = sorted(str(o) for o in overrides if not is_run_only(str(o).split("=", 1)[0]))
-    name = ",".join(lines).replace(os.sep, "|").replace("/", "|") or "default"
+    # Only characters a shell leaves alone: a pasted path must not need quoting.
+    name = _UNSAFE.sub("_", ",".join(lines).replace("\\", "")) or "default"
     if len(name) > limit:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
         name = f"{name[: limit - 9]}~{digest}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -600,7 +601,11 @@ def stylize(
         state = restore_state(state, resume_state)
         start = int(resume_state["step"])
     ends = [e for e in call_boundaries(steps, k, save_every, checkpoint_every) if e > start]
+    if progress:  # the silent part before the bar: say what it is
+        print("nst: compiling the step ...", end="", file=sys.stderr, flush=True)
     compiled, evaluate, compile_s = prog.compile(state, weights, ends, start)
+    if progress:
+        print(f" {compile_s:.1f} s", file=sys.stderr, flush=True)
 
     (out,) = drive_calls(
         compiled,
@@ -704,7 +709,11 @@ def drive_calls(
                 }
             tc = time.perf_counter()
             state, metrics = compiled[end - done](state, params, targets, weights)
-            finite = np.asarray(jax.device_get(metrics["finite"]))  # (k,) or (B, k): a tiny sync
+            # (k,) or (B, k) flags, and the bar's current loss: a tiny sync per call
+            finite, totals = jax.device_get((metrics["finite"], metrics["total"]))
+            finite = np.asarray(finite)
+            if b == 1 and progress:
+                bar.set_postfix(loss=f"{float(np.asarray(totals)[-1]):.4g}", refresh=False)
             step_times.append((time.perf_counter() - tc) / (end - done))
             host = None
             for j in range(b):
@@ -732,8 +741,6 @@ def drive_calls(
                         writers[j].write_scalars(s, row)
                         if s == 0:
                             initial[j] = row
-                    if b == 1:
-                        bar.set_postfix(loss=f"{row['total']:.4g}", refresh=False)
                     if early_stop_patience > 0:
                         improved = row["total"] < best[j] * (1.0 - early_stop_min_delta)
                         best[j], stale[j] = (

@@ -10,6 +10,8 @@ grid cannot be compared by them. These metrics are computed on the final image (
   weights: Σ(G/M_x − A/M_s)² / Σ(A/M_s)², the style's Grams at the style image's own size (the
   paper's style loss with each Gram divided by its own number of positions). Several styles
   blend their Grams with the run's blend weights.
+* ``eval/tradeoff``: ``eval/content + eval/style``, one number for a balanced result (what
+  ``hparams_search=optuna_tradeoff`` minimizes).
 * ``eval/ssim``: SSIM of the result to the content (scikit-image, on 0..255 RGB).
 * ``eval/color``: Fréchet distance between Gaussian fits of the result's and the style's RGB
   distributions (pixel values in 0..1): ||μ−μ_s||² + tr(Σ + Σ_s − 2(Σ·Σ_s)^½).
@@ -28,7 +30,7 @@ import numpy as np
 
 CONTENT_LAYER = "relu4_2"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-KEYS = ("eval/content", "eval/style", "eval/ssim", "eval/color")
+KEYS = ("eval/content", "eval/style", "eval/tradeoff", "eval/ssim", "eval/color")
 
 
 @functools.cache
@@ -102,9 +104,11 @@ class Evaluator:
             channel_axis=-1,
             data_range=255.0,
         )
+        style = float(np.mean(errs))
         return {
             "eval/content": content,
-            "eval/style": float(np.mean(errs)),
+            "eval/style": style,
+            "eval/tradeoff": content + style,
             "eval/ssim": float(ssim),
             "eval/color": frechet_rgb(image, self.style_pixels),
         }

@@ -21,6 +21,10 @@ from typing import IO, Any
 from nst.errors import NstError, one_line
 
 CHUNK = 1 << 20
+# Files get the modes the user's umask gives new files (mkstemp's are 0600); read once, as
+# os.umask can only be read by setting it (not safe while other threads create files).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class WriteError(NstError, OSError):
@@ -50,6 +54,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:

@@ -182,10 +182,25 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
+# File name endings nst writes images as (the format follows the ending).
+WRITE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".bmp": "BMP",
+}
+
+
 def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write ``(H, W, 3)`` 0..255 pixels as PNG atomically (temp file + rename)."""
+    """Write ``(H, W, 3)`` 0..255 pixels atomically (temp file + rename), as PNG unless the
+    name ends in another of :data:`WRITE_FORMATS` (JPEG at quality 95)."""
+    fmt = WRITE_FORMATS.get(Path(path).suffix.lower(), "PNG")
     buf = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+    extra = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    Image.fromarray(to_uint8(image)).save(buf, format=fmt, **extra)
     return atomic_write_bytes(path, buf.getvalue())
 
 

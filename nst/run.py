@@ -321,6 +321,13 @@ def _run(
                     "compile_s": result.compile_s,
                 }
             )
+            if spec.output is not None:
+                images.save_image(result.image, Path(spec.output).expanduser())
+                summary["output"] = str(Path(spec.output).expanduser().resolve())
+            summary["optimized_metric"] = {
+                "name": spec.optimized_metric,
+                "value": result.final_metrics.get(spec.optimized_metric),
+            }
             if run_dir is not None and spec.animation:
                 gif = _write_animation(run_dir, init, result.image)
                 writer.write_animation("progress", gif)
@@ -557,6 +564,11 @@ def _masks(
 
 def _load_backbone(spec: RunSpec) -> tuple[RunSpec, Any, dict[str, Any]]:
     """The backbone's weights, or the fallback run's when they cannot be had (one line)."""
+    if spec.progress:
+        w = spec.weights
+        print(
+            f"nst: loading {spec.backbone.arch} ({w.source} weights)", file=sys.stderr, flush=True
+        )
     try:
         params, info = get_backbone(spec.backbone.arch).load(spec.weights)
     except WeightsError as e:

@@ -74,6 +74,8 @@ class RunSpec:
     eval_enabled: bool
     eval_every: int
     animation: bool
+    output: str | None
+    optimized_metric: str
     pyramid_levels: int
     pyramid_scale_factor: float
     pyramid_steps: list[int]  # one per level, coarse to fine
@@ -199,6 +201,20 @@ def _seed(key: str, value: Any) -> int:
     if not 0 <= v < 2**32:
         raise ConfigError(f"{key} must be an integer in [0, 2**32), got {v}")
     return v
+
+
+def _output(value: Any) -> str | None:
+    from nst.images import WRITE_FORMATS
+
+    if value is None:
+        return None
+    path = str(value)
+    suffix = "." + path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    if suffix not in WRITE_FORMATS:
+        raise ConfigError(
+            f"output={path}: name an image file ending in {', '.join(sorted(WRITE_FORMATS))}"
+        )
+    return path
 
 
 def _non_negative(key: str, value: Any) -> int:
@@ -365,6 +381,10 @@ def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
         eval_enabled=bool(cfg.eval.enabled),
         eval_every=_non_negative("eval.every", cfg.eval.every),
         animation=bool(cfg.animation),
+        output=_output(cfg.output),
+        optimized_metric=str(
+            cfg.optimized_metric or ("eval/style" if cfg.eval.enabled else "total")
+        ),
         pyramid_levels=levels,
         pyramid_scale_factor=factor,
         pyramid_steps=level_steps,

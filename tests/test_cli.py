@@ -433,3 +433,29 @@ def test_compile_cache_dir_choice(tmp_path):
     assert ask(NST_CACHE_DIR=str(tmp_path)) == str(tmp_path / "xla")
     assert ask(NST_CACHE_DIR=str(tmp_path), JAX_COMPILATION_CACHE_DIR="/x/y") == "/x/y"
     assert ask(NST_CACHE_DIR=str(tmp_path), NST_COMPILE_CACHE="0") == "None"
+
+
+def test_version_help_output_file_and_modes(tmp_path, write_png):
+    """nst --version is nst's; --help is nst's page (no internal groups); output=FILE also
+    writes the image there in the format its ending names; files follow the umask."""
+    v = nst("--version")
+    assert v.returncode == 0 and v.stdout.strip().startswith("nst ")
+    h = nst("--help")
+    assert h.returncode == 0 and "Main groups" in h.stdout and "Examples:" in h.stdout
+    assert "init_case" not in h.stdout and "powered by Hydra" not in h.stdout
+    c = write_png("c.png", 30, 40, 1)
+    out, jpg = tmp_path / "run", tmp_path / "final.jpg"
+    old = os.umask(0o022)
+    try:
+        p = nst(f"content={c}", f"style={c}", *TINY, f"output={jpg}", f"hydra.run.dir={out}")
+    finally:
+        os.umask(old)
+    assert p.returncode == 0, p.stderr
+    assert Image.open(jpg).format == "JPEG" and Image.open(jpg).size == (40, 30)
+    assert json.loads((out / "summary.json").read_text())["output"] == str(jpg)
+    for name in ("result.png", "summary.json", "metrics.jsonl", "snapshots/step_000002.png"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
+    bad = nst(
+        f"content={c}", f"style={c}", *TINY, "output=final.txt", f"hydra.run.dir={tmp_path}/b"
+    )
+    assert bad.returncode == 2 and "output=final.txt: name an image file ending in" in bad.stderr

@@ -276,3 +276,30 @@ def test_alpha_beta_sweep_reports_eval_metrics_tradeoff_and_animation(tmp_path):
     assert "Pareto front" in html_text and html_text.count("<circle") == 4
     assert (sweep / "tradeoff.svg").read_text().startswith("<svg")
     assert 'href="' + rows[0]["dir"] + '/progress.gif"' in html_text
+
+
+@pytest.mark.slow  # the Optuna import and three jobs: ~25 s
+def test_optuna_sweep_optimizes_the_returned_metric(tmp_path):
+    """hparams_search with the Optuna sweeper: every job returns its optimized_metric, three
+    trials complete and optimization_results.yaml names the best β."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    p = nst(
+        "hparams_search=optuna_tradeoff",
+        *FAST,
+        "steps=2",
+        "optimized_metric=total",
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert p.returncode == 0, p.stderr
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert "loss.beta" in best["best_params"] and best["best_value"] > 0
+    totals = [
+        json.loads((d / "summary.json").read_text())["final"]["total"]
+        for d in sorted(sweep.iterdir())
+        if (d / "summary.json").exists()
+    ]
+    assert len(totals) == 3 and best["best_value"] == pytest.approx(min(totals))
