@@ -157,3 +157,27 @@ def test_close_is_idempotent(tmp_path, exit_code):
     w.close(exit_code)
     w.close(exit_code)
     assert w.run is None
+
+
+def test_tensorboard_tracker_event_files_read_back(tmp_path, write_png):
+    """logger=[tensorboard] next to the local files: TensorBoard's own reader finds every
+    logged scalar at its step and the snapshot and result images."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.test_cli import TINY, nst
+
+    c = write_png("c.png", 30, 40, 1)
+    out = tmp_path / "run"
+    p = nst(f"content={c}", f"style={c}", *TINY, "logger=[tensorboard]", f"hydra.run.dir={out}")
+    assert p.returncode == 0, p.stderr
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    tags = acc.Tags()
+    assert {"total", "style", "content/relu4_2"} <= set(tags["scalars"])
+    totals = acc.Scalars("total")
+    assert [e.step for e in totals] == [r["step"] for r in rows]
+    assert [e.value for e in totals] == pytest.approx([r["total"] for r in rows], rel=1e-6)
+    assert {"step", "result"} <= set(tags["images"])
+    assert acc.Images("result")[-1].width == 40

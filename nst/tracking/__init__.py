@@ -45,7 +45,10 @@ class TrackerContext:
 TrackerFactory = Callable[[dict[str, Any], TrackerContext], MetricWriter | None]
 
 # Built-in trackers, imported only when chosen ("module:function").
-_FACTORIES: dict[str, TrackerFactory | str] = {"wandb": "nst.tracking.wandb_tracker:create"}
+_FACTORIES: dict[str, TrackerFactory | str] = {
+    "wandb": "nst.tracking.wandb_tracker:create",
+    "tensorboard": "nst.tracking.tensorboard_tracker:create",
+}
 
 # The W&B keys that lived directly under ``logger`` before trackers became a map.
 LEGACY_KEYS = ("name", "project", "entity", "mode", "tags", "log_images")
