@@ -217,6 +217,10 @@ def _run(
         alpha_beta=spec.alpha_beta,
         beta=spec.loss.beta,
         resume=resume_state is not None,
+        layers={
+            "content_layers": dict(spec.loss.content_layers),
+            "style_layers": dict(spec.loss.style_layers),
+        },
     )
     writer = make_writer(spec.trackers, ctx)
     writer.writers.extend(extra_writers)
@@ -227,6 +231,7 @@ def _run(
         writer.close(1)
         raise
     spec, init, params, winfo, backbone, content_raw, styles_raw, sizes, levels = prepared
+    writer.write_inputs({"content": levels[-1].content_rgb, "style": styles_raw[0]})
     with stop_on_signals() as stop:
         exit_code = 1
         try:

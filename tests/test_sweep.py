@@ -71,8 +71,19 @@ def test_wandb_offline_sweep_acceptance(tmp_path):
         cfg = json.loads(json.dumps(run["config"]))
         text = json.dumps(cfg)
         assert '"loss.beta"' in text and '"layers"' in text and '"alpha_beta"' in text
+        # the layer names the metrics use, not the config's conv names read after their ReLU
+        assert '"layers.content_layers.relu4_2"' in text and "content_layers.conv4_2" not in text
         steps = [r["history"]["item"]["_step"] for r in recs if r.get("type") == "history"]
         assert steps == [0, 10]
+        logged = {
+            k.split(".")[0]
+            for r in recs
+            if r.get("type") == "history"
+            for k in r["history"]["item"]
+        }
+        assert {"input/content", "input/style", "result", "progress"} <= logged  # inputs, table
+        summary = {k for r in recs if r.get("type") == "summary" for k in r["summary"]["update"]}
+        assert "final/total" in summary and "total" not in summary  # no duplicate keys
     assert len(groups) == 1
     assert names == {
         f"beta={b},layers={layer}"

@@ -59,10 +59,24 @@ def test_flatten_and_mode(monkeypatch):
         "empty": {},
     }
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent/netrc")
     assert default_mode(None) == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert default_mode(None) == "online"
     assert default_mode("disabled") == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B's own variable is honoured
+    assert default_mode(None) == "disabled" and default_mode("offline") == "offline"
+
+
+def test_wandb_login_in_netrc_means_online(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert default_mode(None) == "online"
 
 
 def _create(tmp_path, **kw):

@@ -40,6 +40,8 @@ class TrackerContext:
     alpha_beta: float | None  # nst.spec.alpha_beta: the paper's ratio when ab_ratio is set
     beta: float  # the β in effect
     resume: bool  # the run continues from a checkpoint
+    # The layers the losses read, as the metrics name them: content_layers / style_layers.
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 TrackerFactory = Callable[[dict[str, Any], TrackerContext], MetricWriter | None]

@@ -25,6 +25,9 @@ class MetricWriter:
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         """Record ``(H, W, 3)`` 0..255 images (snapshots) at ``step``."""
 
+    def write_inputs(self, images: Mapping[str, np.ndarray]) -> None:
+        """Record the run's inputs (``content``, ``style``: ``(H, W, 3)`` 0..255), once."""
+
     def write_result(self, step: int, image: np.ndarray) -> None:
         """Record the final image (run.py writes result.png itself; trackers log it)."""
 
@@ -51,6 +54,10 @@ class MultiWriter(MetricWriter):
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         for w in self.writers:
             w.write_images(step, images)
+
+    def write_inputs(self, images: Mapping[str, np.ndarray]) -> None:
+        for w in self.writers:
+            w.write_inputs(images)
 
     def write_result(self, step: int, image: np.ndarray) -> None:
         for w in self.writers:

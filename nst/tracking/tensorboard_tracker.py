@@ -120,6 +120,9 @@ class TensorBoardWriter(MetricWriter):
             values.append(self._summary.Value(tag=k, image=encoded))
         self._add(step, values)
 
+    def write_inputs(self, images: Mapping[str, np.ndarray]) -> None:
+        self.write_images(0, {f"input/{k}": v for k, v in images.items()})
+
     def write_result(self, step: int, image: np.ndarray) -> None:
         self.write_images(step, {"result": image})
 

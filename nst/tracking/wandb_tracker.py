@@ -33,6 +33,8 @@ class WandbOptions:
     mode: str | None = None  # online | offline | disabled; None: online with WANDB_API_KEY
     tags: list[str] = field(default_factory=list)
     log_images: bool = True
+    # Seconds wandb.init may take (no network, a slow server) before one warning and local files.
+    init_timeout: float = 30.0
 
 
 def check(options: dict[str, Any]) -> WandbOptions:
@@ -56,6 +58,13 @@ def create(options: dict[str, Any], ctx: Any) -> WandbWriter | None:
     directory (the Python API's default) W&B keeps its files in the nst cache directory."""
     o = check(options)
     config = flatten(ctx.config)
+    # The layer names the metrics use (layers.rectified reads conv4_2 as relu4_2).
+    for key in [
+        k for k in config if k.startswith(("layers.content_layers.", "layers.style_layers."))
+    ]:
+        del config[key]
+    for kind, layers in ctx.layers.items():
+        config.update({f"layers.{kind}.{name}": w for name, w in layers.items()})
     config.update(
         {g: c for g, c in ctx.job.choices.items() if g in ctx.config or g == "experiment"}
     )
@@ -76,6 +85,7 @@ def create(options: dict[str, Any], ctx: Any) -> WandbWriter | None:
         config=config,
         log_images=bool(o.log_images),
         run_id=id_file.read_text().strip() if ctx.resume and id_file and id_file.exists() else None,
+        init_timeout=o.init_timeout,
     )
     if w is not None and id_file is not None:
         with contextlib.suppress(Exception):
@@ -87,10 +97,25 @@ create.check = check  # type: ignore[attr-defined]
 
 
 def default_mode(mode: str | None) -> str:
-    """``online`` when an API key is configured, else ``offline`` (runs can be synced later)."""
+    """``logger.wandb.mode``, else ``WANDB_MODE``, else ``online`` for a logged-in user (an API key
+    in ``WANDB_API_KEY`` or ``wandb login``'s entry in ~/.netrc), else ``offline`` (runs can be
+    synced later)."""
     if mode:
         return mode
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") or _netrc_login() else "offline"
+
+
+def _netrc_login() -> bool:
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return bool(netrc.netrc(os.environ.get("NETRC")).authenticators(host or ""))
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -111,6 +136,8 @@ class WandbWriter(MetricWriter):
     def __init__(self, run: Any, wandb: Any, log_images: bool = True):
         self.run, self._wandb, self.log_images = run, wandb, log_images
         self._warned = False
+        self._rows: list[tuple[int, np.ndarray, dict[str, float]]] = []
+        self._last: dict[str, float] = {}
 
     @classmethod
     def create(
@@ -127,6 +154,7 @@ class WandbWriter(MetricWriter):
         config: Mapping[str, Any],
         log_images: bool = True,
         run_id: str | None = None,
+        init_timeout: float = 30.0,
     ) -> WandbWriter | None:
         """Start a W&B run whose files live in ``run_dir/wandb``; None (after one warning) if
         wandb is missing or fails to start."""
@@ -147,8 +175,10 @@ class WandbWriter(MetricWriter):
                 id=run_id,
                 resume="allow" if run_id else None,
                 reinit="create_new",  # multirun: many jobs, one process
-                settings=wandb.Settings(console="off", silent=True),
+                settings=wandb.Settings(console="wrap", silent=True, init_timeout=init_timeout),
             )
+            # One summary per number: the final/* values, not also the last logged row's.
+            run.define_metric("*", summary="none")
         except Exception as e:  # noqa: BLE001 - any W&B failure must not fail the job
             warn(f"W&B logging disabled for this run ({one_line(e)}); local files are complete")
             return None
@@ -165,17 +195,20 @@ class WandbWriter(MetricWriter):
                 self._warned = True
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        self._last = dict(scalars)
         self._guard(self.run.log, dict(scalars), step=int(step))
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         if not self.log_images:
             return
 
+        if "step" in images:  # a snapshot: also a row of the run's progress table
+            self._rows.append((int(step), np.asarray(images["step"]), dict(self._last)))
+
         def log():
+            # Snapshots go under "snapshot" (the local files' name for them is step_NNNNNN.png).
             imgs = {
-                k: self._wandb.Image(
-                    np.clip(np.rint(v), 0, 255).astype(np.uint8), caption=f"{k} @ {step}"
-                )
+                ("snapshot" if k == "step" else k): self._image(v, f"{k} @ {step}")
                 for k, v in images.items()
             }
             self.run.log(imgs, step=int(step))
@@ -190,8 +223,29 @@ class WandbWriter(MetricWriter):
                 )
             )
 
+    def write_inputs(self, images: Mapping[str, np.ndarray]) -> None:
+        if self.log_images:
+            self._guard(
+                lambda: self.run.log(
+                    {f"input/{k}": self._image(v, k) for k, v in images.items()}, commit=False
+                )
+            )
+
+    def _image(self, v: np.ndarray, caption: str) -> Any:
+        return self._wandb.Image(np.clip(np.rint(v), 0, 255).astype(np.uint8), caption=caption)
+
     def write_result(self, step: int, image: np.ndarray) -> None:
         self.write_images(step, {"result": image})
+        if self.log_images:  # the run's progress as one table: step, image, losses
+            rows = [*self._rows, (step, image, self._last)]
+            self._guard(self._log_table, rows)
+
+    def _log_table(self, rows: list[tuple[int, np.ndarray, dict[str, float]]]) -> None:
+        keys = ("total", "content", "style")
+        table = self._wandb.Table(columns=["step", "image", *keys])
+        for step, img, losses in rows:
+            table.add_data(step, self._image(img, f"step {step}"), *(losses.get(k) for k in keys))
+        self.run.log({"progress": table}, commit=False)
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         self._guard(self.run.summary.update, dict(summary))
