@@ -81,7 +81,7 @@ def contact_sheet(jobs: list[Job], keys: list[str], thumb: int = THUMB) -> Image
     height = len(lay["facets"]) * block_h + pad
     sheet = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(sheet)
-    font = load_font(14)
+    font, small = load_font(14), load_font(11)
     y0 = pad
     for label, cells in lay["facets"].items():
         if facet_head:
@@ -108,7 +108,16 @@ def contact_sheet(jobs: list[Job], keys: list[str], thumb: int = THUMB) -> Image
             for c, cv in enumerate(cols):
                 job = cells.get((rv, cv))
                 if job is not None:
-                    sheet.paste(thumbnail(job, thumb), (label_w + pad + c * (thumb + pad), y))
+                    x = label_w + pad + c * (thumb + pad)
+                    sheet.paste(thumbnail(job, thumb), (x, y))
+                    ab = job.alpha_beta()
+                    if ab is not None and math.isfinite(ab) and thumb >= 96:  # cell says its α/β
+                        tag = f"{AB}={ab:.1e}"
+                        box = d.textbbox((0, 0), tag, font=small)
+                        d.rectangle(
+                            (x, y + thumb - box[3] - 6, x + box[2] + 6, y + thumb), fill="white"
+                        )
+                        d.text((x + 3, y + thumb - box[3] - 3), tag, fill=(0, 0, 0), font=small)
         y0 += block_h
     return sheet
 
@@ -234,38 +243,111 @@ def svg_tradeoff(jobs: list[Job], keys: list[str], width: int = 560, height: int
     return "".join(out)
 
 
-def _svg_curves(job: Job, width: int = 260, height: int = 90) -> str:
+CURVES = {"total": "#222", "content": "#1f77b4", "style": "#d62728"}
+
+
+def _svg_curves(job: Job, width: int = 300, height: int = 120) -> str:
+    """The job's losses against steps, log scale: decade ticks on the y axis, the first and last
+    step on the x axis, one colour per loss (the legend is above the table)."""
     rows = [r for r in job.metrics() if isinstance(r.get("total"), int | float) and r["total"] > 0]
     if len(rows) < 2:
         return "<em>no curve</em>"
+    left, bottom, top, right = 34, 16, 4, 6
     steps = np.array([r["step"] for r in rows], float)
-    paths = []
-    colors = {"total": "#222", "content": "#1f77b4", "style": "#d62728"}
     vals_all = [
         np.log10(max(r[k], 1e-30))
         for r in rows
-        for k in colors
+        for k in CURVES
         if isinstance(r.get(k), int | float) and r[k] > 0
     ]
     lo, hi = min(vals_all), max(vals_all)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
     span_x = max(steps.max() - steps.min(), 1)
-    for k, color in colors.items():
+
+    def px(s: float) -> float:
+        return left + (s - steps.min()) / span_x * (width - left - right)
+
+    def py(v: float) -> float:
+        return height - bottom - (v - lo) / (hi - lo) * (height - top - bottom)
+
+    out = [
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" '
+        f'height="{height - top - bottom}" fill="#fafafa" stroke="#ccc"/>'
+    ]
+    for e in range(math.ceil(lo), math.floor(hi) + 1):
+        out.append(
+            f'<line x1="{left}" y1="{py(e):.1f}" x2="{width - right}" y2="{py(e):.1f}" '
+            f'stroke="#e4e4e4"/><text x="{left - 3}" y="{py(e) + 3:.1f}" font-size="9" '
+            f'text-anchor="end">1e{e}</text>'
+        )
+    for s_ in (steps.min(), steps.max()):
+        out.append(
+            f'<text x="{px(s_):.1f}" y="{height - 4}" font-size="9" text-anchor="middle">'
+            f"{int(s_)}</text>"
+        )
+    for k, color in CURVES.items():
         pts = [
-            (s, r[k])
-            for s, r in zip(steps, rows, strict=True)
+            (s_, r[k])
+            for s_, r in zip(steps, rows, strict=True)
             if isinstance(r.get(k), int | float) and r[k] > 0
         ]
         if len(pts) < 2:
             continue
-        xy = " ".join(
-            f"{4 + (s - steps.min()) / span_x * (width - 8):.1f},"
-            f"{height - 4 - (np.log10(v) - lo) / max(hi - lo, 1e-9) * (height - 8):.1f}"
-            for s, v in pts
-        )
-        paths.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{xy}"/>')
+        xy = " ".join(f"{px(s_):.1f},{py(np.log10(v)):.1f}" for s_, v in pts)
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{xy}"/>')
     return (
         f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        f'style="background:#fafafa;border:1px solid #ddd">{"".join(paths)}</svg>'
+        f'font-family="sans-serif">{"".join(out)}</svg>'
+    )
+
+
+def _legend() -> str:
+    items = "".join(
+        f'<span style="color:{c}">&#9644; {html.escape(k)}</span> ' for k, c in CURVES.items()
+    )
+    return f"<p>Loss curves (log scale, x: step): {items}</p>"
+
+
+def _inputs_section(sweep_dir: Path, jobs: list[Job], keys: list[str]) -> str:
+    """The sweep's inputs (thumbnails of the content and style files) and the settings every
+    job shares, from the first finished job's summary."""
+    done = next((j for j in jobs if j.status == "ok" and j.summary.get("config")), None)
+    if done is None:
+        return ""
+    cfg, s = done.summary["config"], done.summary
+    thumbs = []
+    for what in ("content", "style"):
+        paths = s.get(what, {}).get("path")
+        for path in paths if isinstance(paths, list) else [paths]:
+            if path and Path(path).is_file():
+                try:
+                    im = Image.open(path).convert("RGB")
+                    im.thumbnail((160, 160))
+                    thumbs.append(
+                        f'<figure style="display:inline-block;margin:0 12px 0 0">'
+                        f'<img src="{_data_uri(im, "JPEG")}"><figcaption>{what}: '
+                        f"{html.escape(Path(path).name)}</figcaption></figure>"
+                    )
+                except OSError:
+                    continue
+    swept = {k.split(".")[0] for k in keys} | set(keys)
+    shared = []
+    for key in ("size", "steps", "backbone", "layers", "loss", "optimizer", "init", "seed"):
+        if key in swept or key not in cfg:
+            continue
+        value = cfg[key]
+        if isinstance(value, dict):
+            value = ", ".join(
+                f"{k}={v}"
+                for k, v in value.items()
+                if not isinstance(v, dict | list) and v is not None and f"{key}.{k}" not in swept
+            )
+        shared.append(f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(value))}</td></tr>")
+    return (
+        "<h2>Inputs and shared settings</h2>"
+        + "".join(thumbs)
+        + f"<table>{''.join(shared)}</table>"
     )
 
 
@@ -330,9 +412,12 @@ th {{ background: #f3f3f3; }} tr.bad td {{ background: #fdecea; }} small {{ colo
 </style></head><body>
 <h1>nst sweep: {html.escape(str(sweep_dir))}</h1>
 <p>{len(jobs)} jobs, {len(jobs) - n_bad} finished, {n_bad} failed or unfinished. Swept: {html.escape(", ".join(keys) or "nothing")}.</p>
+{_inputs_section(sweep_dir, jobs, keys)}
+<h2>Contact sheet</h2>
 <img src="{_data_uri(sheet)}" style="max-width:100%">
 {_tradeoff_section(jobs, keys)}
 <h2>Jobs</h2>
+{_legend()}
 <table><tr>{head}</tr>
 {"".join(body)}
 </table></body></html>

@@ -136,6 +136,8 @@ def format_value(key: str, value: str | None) -> str:
     ``beta=2.5e+04``: short keys, compact numbers (e-notation outside 1e-3..1e4), never rounded
     so far that two swept values share a label (facets are grouped by label)."""
     short = key.rsplit(".", 1)[-1]
+    if isinstance(value, str):
+        value = value.replace("\\", "")  # Hydra's escaping in sweep overrides (sample\:coffee)
     try:
         f = float(value)  # type: ignore[arg-type]
         if 1e-3 <= abs(f) < 1e4 or f == 0 or not math.isfinite(f):
