@@ -459,3 +459,31 @@ def test_version_help_output_file_and_modes(tmp_path, write_png):
         f"content={c}", f"style={c}", *TINY, "output=final.txt", f"hydra.run.dir={tmp_path}/b"
     )
     assert bad.returncode == 2 and "output=final.txt: name an image file ending in" in bad.stderr
+
+
+@pytest.mark.slow  # two uncached compiles
+def test_clean_run_is_quiet_and_reruns_use_the_compile_cache(tmp_path, write_png):
+    """Without the test suite's cache variables: a run prints nothing on stderr (no JAX
+    filelock warning), fills nst's compile cache, and a rerun compiles nothing new."""
+    c = write_png("c.png", 30, 40, 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "NST_"))}
+    env["NST_CACHE_DIR"] = str(tmp_path / "cache")
+    args = [sys.executable, "-m", "nst.app", f"content={c}", f"style={c}", *TINY]
+
+    def entries() -> set[str]:
+        d = tmp_path / "cache" / "xla"
+        return (
+            {p.name for p in d.iterdir() if not p.name.endswith("-atime")} if d.exists() else set()
+        )
+
+    first = subprocess.run(
+        [*args, f"hydra.run.dir={tmp_path / 'a'}"], env=env, capture_output=True, text=True
+    )
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    cached = entries()
+    assert cached, "the first run left nothing in the compile cache"
+    again = subprocess.run(
+        [*args, f"hydra.run.dir={tmp_path / 'b'}"], env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert entries() == cached  # every program came from the cache

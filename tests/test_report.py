@@ -463,3 +463,61 @@ def test_console_script(tmp_path):
     assert len(read_csv(sweep / "summary.csv")) == 4
     p = subprocess.run([script, str(tmp_path / "nothing")], capture_output=True, text=True)
     assert p.returncode == 2 and "nst-report: error:" in p.stderr
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next(
+        (c for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None
+    )
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    """A 2x2 α × β report opened in a real browser: it renders (a screenshot with content), with
+    no console errors; every cell of the sheet carries its α/β and the curves a legend."""
+    import subprocess
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    sweep = tmp_path / "sweep"
+    n = 0
+    for alpha in (1.0, 10.0):
+        for beta in (100.0, 1000.0):
+            over = {"loss.alpha": str(alpha), "loss.beta": str(beta)}
+            make_job(sweep, n, over, alpha=alpha, beta=beta)
+            n += 1
+    build_report(sweep)
+    page = (sweep / "report.html").read_text(encoding="utf-8")
+    assert "Loss curves (log scale" in page and page.count("1e") > 4  # legend and decade ticks
+    shot = tmp_path / "shot.png"
+    p = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--screenshot={shot}",
+            "--window-size=1400,1800",
+            (sweep / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shot.exists(), p.stderr[-2000:]
+    console = [x for x in p.stderr.splitlines() if "CONSOLE" in x]
+    assert not console, console
+    im = np.asarray(Image.open(shot).convert("L"))
+    assert (im < 128).mean() > 0.01  # text and pictures, not a blank page
+    sheet = Image.open(sweep / "contact_sheet.png")
+    assert sheet.size[0] > 2 * 192  # full-size cells, which carry their α/β labels
