@@ -167,11 +167,8 @@ def job_label(job: Job, keys: list[str]) -> str:
     ab = job.alpha_beta()
     if ab is not None and math.isfinite(ab):
         parts.append(f"{AB}={ab:.3g}")
-    parts += [
-        format_value(k, job.overrides.get(k))
-        for k in keys
-        if k not in ("loss.alpha", "loss.beta", "loss.ab_ratio")
-    ]
+    # Every other swept value too (α and β both swept can give equal ratios).
+    parts += [format_value(k, job.overrides.get(k)) for k in keys if k != "loss.ab_ratio"]
     return ", ".join(parts) or f"job {job.num}"
 
 
