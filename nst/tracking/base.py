@@ -4,16 +4,19 @@ tracking service. ``LocalWriter`` writes JSON lines and PNG snapshots into the r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from nst.files import write_error
 from nst.images import save_image
+
+T = TypeVar("T")
 
 
 class MetricWriter:
@@ -119,3 +122,18 @@ def _json_float(v: float) -> float | str | None:
     """JSON has no NaN/Inf: keep them readable as strings instead of writing invalid JSON."""
     v = float(v)
     return v if math.isfinite(v) else str(v)
+
+
+def tracker_options(cls: type[T], name: str, options: Mapping[str, Any]) -> T:
+    """``logger.NAME.*`` as the tracker's options dataclass; one-line ConfigError naming unknown
+    keys and the valid ones."""
+    from nst.errors import ConfigError
+
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) logger.{name}.{f', logger.{name}.'.join(unknown)}; "
+            f"valid: {', '.join(sorted(known))}"
+        )
+    return cls(**options)

@@ -12,14 +12,14 @@ import contextlib
 import io
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nst.errors import ConfigError, one_line
-from nst.tracking.base import MetricWriter
+from nst.errors import one_line
+from nst.tracking.base import MetricWriter, tracker_options
 
 
 @dataclass
@@ -32,14 +32,7 @@ class TensorBoardOptions:
 
 
 def check(options: dict[str, Any]) -> TensorBoardOptions:
-    known = {f.name for f in fields(TensorBoardOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) logger.tensorboard.{', logger.tensorboard.'.join(unknown)}; "
-            f"valid: {', '.join(sorted(known))}"
-        )
-    return TensorBoardOptions(**options)
+    return tracker_options(TensorBoardOptions, "tensorboard", options)
 
 
 def _warn(msg: str) -> None:

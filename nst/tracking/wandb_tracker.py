@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from nst.errors import ConfigError, one_line
 from nst.files import atomic_write_bytes, cache_root
-from nst.tracking.base import MetricWriter
+from nst.tracking.base import MetricWriter, tracker_options
 
 WANDB_ID_FILE = "wandb_run_id"
 
@@ -40,14 +40,7 @@ class WandbOptions:
 def check(options: dict[str, Any]) -> WandbOptions:
     """``logger.wandb.*`` as :class:`WandbOptions`; one-line ConfigError for unknown keys or
     a bad mode."""
-    known = {f.name for f in fields(WandbOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) logger.wandb.{', logger.wandb.'.join(unknown)}; "
-            f"valid: {', '.join(sorted(known))}"
-        )
-    o = WandbOptions(**options)
+    o = tracker_options(WandbOptions, "wandb", options)
     if o.mode not in (None, "online", "offline", "disabled"):
         raise ConfigError(f"logger.wandb.mode must be online, offline or disabled, got {o.mode!r}")
     return o
