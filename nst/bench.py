@@ -10,7 +10,9 @@ run does. One JSON line per measurement (``--out``) and a markdown table on stdo
 FLOPs are analytic: 2·k²·C_in·C_out·H·W per convolution up to the deepest layer, forward plus an
 input-gradient backward of the same cost (no weight gradients are needed); Grams, losses and the
 optimizer are left out (<1%). ``--compare-torch`` runs the identical step in PyTorch eager
-(optional dependency) in the same process right after, and adds ``jax_over_torch``.
+(optional dependency) in the same process right after, as float32, channels_last and bfloat16
+autocast (``--torch-variants``), and adds ``jax_over_torch`` against the fastest of them (and
+``jax_over_torch_<variant>`` for each).
 ``--grid N`` times an N-job α/β grid run sequentially and batched (:mod:`nst.batch`), with a
 roofline: the most any batching of the same arithmetic could gain on this device.
 ``--max-size`` finds, from XLA's compiled memory analysis, the largest size whose step fits a
@@ -51,7 +53,7 @@ def hw_for(size: int) -> tuple[int, int]:
 def _direct_conv_flops(arch: str, last_layer: str, h: int, w: int) -> dict[str, int]:
     """FLOPs of one pass (2 per multiply-add) of each convolution up to ``last_layer`` on an
     ``h`` x ``w`` image, direct algorithm, by layer name."""
-    from nst.backbones.vgg import conv_shapes, layer_names
+    from nst.backbones.vgg import conv_shapes, downsampling, layer_names
 
     names = layer_names(arch)
     stop = names.index(last_layer)
@@ -59,7 +61,7 @@ def _direct_conv_flops(arch: str, last_layer: str, h: int, w: int) -> dict[str, 
     for name, (kh, kw, cin, cout) in conv_shapes(arch).items():
         if names.index(name) > stop:
             break
-        pools = int(name[4]) - 1
+        pools = downsampling(arch, name)
         out[name] = 2 * kh * kw * cin * cout * (h >> pools) * (w >> pools)
     return out
 
@@ -266,12 +268,26 @@ def _rates(row: dict, flops: int, images: int, dtype: str, dev: str) -> dict[str
     return out
 
 
+TORCH_VARIANTS = ("f32", "channels_last", "bf16_autocast")
+
+
 def bench_torch(
-    arch: str, size: int, *, steps: int = 10, warmup: int = 2, device: str = "cpu"
+    arch: str,
+    size: int,
+    *,
+    steps: int = 10,
+    warmup: int = 2,
+    device: str = "cpu",
+    variant: str = "f32",
 ) -> dict[str, Any]:
     """The identical step in PyTorch eager: same random weights, Caffe preprocessing, relu4_2
     content + relu{1..5}_1 style with Gram/(C·H·W) and mean squared errors, β=1e3, Adam lr 5,
-    clamp to 0..255. On CUDA: cuDNN autotuning and channels_last, as a tuned PyTorch user would."""
+    clamp to 0..255. ``variant``: ``f32``; ``channels_last`` (NHWC tensors, what oneDNN/cuDNN
+    prefer); ``bf16_autocast`` (``torch.autocast`` to bfloat16 for the network; Grams, losses,
+    Adam and the image in float32), the configuration a PyTorch user with bf16 units picks.
+    On CUDA cuDNN autotuning and channels_last are always on."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
@@ -282,7 +298,16 @@ def bench_torch(
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    fmt = torch.channels_last if cuda else torch.contiguous_format
+    if variant not in TORCH_VARIANTS:
+        raise ValueError(f"unknown torch variant {variant!r}; valid: {', '.join(TORCH_VARIANTS)}")
+    last_fmt = cuda or variant != "f32"
+    fmt = torch.channels_last if last_fmt else torch.contiguous_format
+
+    def autocast():
+        if variant != "bf16_autocast":
+            return contextlib.nullcontext()
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
+
     params = random_params(arch, 0)
     names = layer_names(arch)
     last = names.index("relu5_1")
@@ -313,7 +338,7 @@ def bench_torch(
 
     def gram(f):
         _, c, h, ww = f.shape
-        f = f.reshape(c, h * ww)
+        f = f.float().reshape(c, h * ww)  # Grams in float32, also under autocast
         return f @ f.t() / (c * h * ww)
 
     content, style, inits = _inputs(size)
@@ -329,8 +354,9 @@ def bench_torch(
 
     def step():
         opt.zero_grad(set_to_none=True)
-        f = feats(img)
-        c = torch.mean((f["relu4_2"] - p) ** 2)
+        with autocast():
+            f = feats(img)
+        c = torch.mean((f["relu4_2"].float() - p) ** 2)
         s = sum(0.2 * torch.mean((gram(f[n]) - targets[n]) ** 2) for n in style_layers)
         (c + 1e3 * s).backward()
         opt.step()
@@ -353,11 +379,12 @@ def bench_torch(
     h, ww = hw_for(size)
     row = {
         "impl": "torch",
+        "torch_variant": variant,
         "backbone": arch,
         "size": size,
         "h": h,
         "w": ww,
-        "dtype": "float32",
+        "dtype": "bfloat16" if variant == "bf16_autocast" else "float32",
         "remat": False,
         "conv": "cudnn" if cuda else "onednn",
         "batch": 0,
@@ -370,7 +397,7 @@ def bench_torch(
         "torch_threads": torch.get_num_threads(),
         **_summary(times),
     }
-    row.update(_rates(row, conv_flops(arch, "relu5_1", h, ww), 1, "float32", row["device"]))
+    row.update(_rates(row, conv_flops(arch, "relu5_1", h, ww), 1, row["dtype"], row["device"]))
     row["peak_bytes"] = torch.cuda.max_memory_allocated() if cuda else _peak_rss()
     return row
 
@@ -458,7 +485,7 @@ def conv_layer_bench(arch: str, size: int, steps: int = 10) -> list[dict[str, An
     rng = np.random.default_rng(0)
     rows = []
     for name, (_, _, cin, cout) in vgg.conv_shapes(arch).items():
-        s = 2 ** (int(name[4]) - 1)
+        s = 2 ** vgg.downsampling(arch, name)
         for direction, (ci, co) in (("forward", (cin, cout)), ("input-gradient", (cout, cin))):
             x = jnp.asarray(rng.standard_normal((1, h // s, w // s, ci)), jnp.float32)
             k = jnp.asarray(rng.standard_normal((3, 3, ci, co)) / np.sqrt(9 * ci), jnp.float32)
@@ -566,6 +593,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also time every convolution alone, forward and input-gradient, xla vs winograd",
     )
     ap.add_argument("--compare-torch", action="store_true", help="also time PyTorch eager")
+    ap.add_argument(
+        "--torch-variants",
+        nargs="+",
+        default=list(TORCH_VARIANTS),
+        choices=TORCH_VARIANTS,
+        help="PyTorch configurations to time; jax_over_torch is against the fastest",
+    )
     ap.add_argument("--grid", type=int, default=0, help="also time an N-job batched grid")
     ap.add_argument("--max-size", type=float, default=0, help="budget GiB: largest size that fits")
     ap.add_argument("--out", type=Path, help="append JSON lines here")
@@ -613,14 +647,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                         )
                         jax_rows.append(r)
             if args.compare_torch:
-                t = bench_torch(
-                    arch, size, steps=args.steps, warmup=args.warmup, device=torch_device
-                )
+                torch_rows = [
+                    bench_torch(
+                        arch,
+                        size,
+                        steps=args.steps,
+                        warmup=args.warmup,
+                        device=torch_device,
+                        variant=v,
+                    )
+                    for v in args.torch_variants
+                ]
+                fastest = min(torch_rows, key=lambda t: t["step_s_median"])
                 for r in jax_rows:
-                    if r["dtype"] == "float32":
-                        r["jax_over_torch"] = r["step_s_median"] / t["step_s_median"]
-                rows += jax_rows + [t]
-                for r in [*jax_rows, t]:
+                    # Against the fastest PyTorch configuration, and each one by name.
+                    r["jax_over_torch"] = r["step_s_median"] / fastest["step_s_median"]
+                    r["torch_fastest"] = fastest["torch_variant"]
+                    for t in torch_rows:
+                        r[f"jax_over_torch_{t['torch_variant']}"] = (
+                            r["step_s_median"] / t["step_s_median"]
+                        )
+                rows += jax_rows + torch_rows
+                for r in [*jax_rows, *torch_rows]:
                     emit(r)
             else:
                 rows += jax_rows

@@ -73,9 +73,17 @@ def test_bench_command_writes_json_lines_and_table(tmp_path):
     assert r["flops_per_step"] == bench.conv_flops("vgg16", "relu5_1", 48, 64)
     assert r["compile_s"] > 0 and r["steps_per_s"] > 0 and r["peak_bytes"] > 0
     assert "| jax | vgg16 | 48x64 | float32 |" in p.stdout
-    if torch == 0:
-        t = [x for x in rows if x["impl"] == "torch"][0]
-        assert r["jax_over_torch"] == pytest.approx(r["step_s_median"] / t["step_s_median"])
+    if torch == 0:  # every PyTorch variant, and the ratio against the fastest of them
+        ts = {x["torch_variant"]: x for x in rows if x["impl"] == "torch"}
+        assert set(ts) == {"f32", "channels_last", "bf16_autocast"}
+        assert ts["bf16_autocast"]["dtype"] == "bfloat16"
+        fastest = min(t["step_s_median"] for t in ts.values())
+        assert r["jax_over_torch"] == pytest.approx(r["step_s_median"] / fastest)
+        assert ts[r["torch_fastest"]]["step_s_median"] == fastest
+        for v, t in ts.items():
+            assert r[f"jax_over_torch_{v}"] == pytest.approx(
+                r["step_s_median"] / t["step_s_median"]
+            )
 
 
 @pytest.mark.slow
