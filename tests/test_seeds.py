@@ -69,7 +69,7 @@ def test_eval_metrics_trace_the_alpha_beta_trade_off():
     import nst
 
     evals = []
-    for beta in (1e1, 1e2, 1e3, 1e4):
+    for beta in (1e0, 1e1, 1e2, 1e3):  # past ~1e3 the style error saturates at this size
         r = nst.stylize(
             "sample:chelsea", "sample:ihc", size=96, steps=80, progress=False, loss={"beta": beta}
         )
