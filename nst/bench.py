@@ -386,7 +386,7 @@ def bench_torch(
         "w": ww,
         "dtype": "bfloat16" if variant == "bf16_autocast" else "float32",
         "remat": False,
-        "conv": "cudnn" if cuda else "onednn",
+        "conv": f"{'cudnn' if cuda else 'onednn'} {variant}",
         "batch": 0,
         "backend": dev.type,
         "device": device_kind()[1] if cuda else "cpu",
