@@ -231,6 +231,12 @@ def _run(
         writer.close(1)
         raise
     spec, init, params, winfo, backbone, content_raw, styles_raw, sizes, levels = prepared
+    if spec.progress:  # inputs and weights are fine: say what the silent part was, then compile
+        print(
+            f"nst: {backbone.arch} ({spec.weights.source} weights) ready in {winfo['load_s']:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     writer.write_inputs({"content": levels[-1].content_rgb, "style": styles_raw[0]})
     with stop_on_signals() as stop:
         exit_code = 1
@@ -569,11 +575,7 @@ def _masks(
 
 def _load_backbone(spec: RunSpec) -> tuple[RunSpec, Any, dict[str, Any]]:
     """The backbone's weights, or the fallback run's when they cannot be had (one line)."""
-    if spec.progress:
-        w = spec.weights
-        print(
-            f"nst: loading {spec.backbone.arch} ({w.source} weights)", file=sys.stderr, flush=True
-        )
+    t0 = time.perf_counter()
     try:
         params, info = get_backbone(spec.backbone.arch).load(spec.weights)
     except WeightsError as e:
@@ -589,7 +591,7 @@ def _load_backbone(spec: RunSpec) -> tuple[RunSpec, Any, dict[str, Any]]:
         spec = dataclasses.replace(fb, fallback=None)
         params, info = get_backbone(spec.backbone.arch).load(spec.weights)
         info = {**info, "fallback_from": str(e)}
-    return spec, params, info
+    return spec, params, {**info, "load_s": round(time.perf_counter() - t0, 3)}
 
 
 def _prepare(spec: RunSpec) -> tuple:

@@ -100,6 +100,7 @@ def test_wandb_offline_sweep_acceptance(tmp_path):
     assert {r["alpha_beta"] for r in rows} == {"0.01", "0.0001"}
 
 
+@pytest.mark.slow  # a CLI run of its own; tests/test_writers.py covers the logic
 def test_wandb_init_failure_keeps_local_outputs(tmp_path, monkeypatch):
     """Issue acceptance 2: online mode without an API key fails at init -> one warning."""
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -117,6 +118,7 @@ def test_wandb_init_failure_keeps_local_outputs(tmp_path, monkeypatch):
     assert (out / "result.png").exists() and (out / "summary.json").exists()
 
 
+@pytest.mark.slow  # a CLI sweep of its own; the unit tests cover the logic
 def test_joblib_launcher_runs_jobs_in_parallel(tmp_path):
     sweep = tmp_path / "sweep"
     p = nst(
@@ -139,6 +141,7 @@ def test_joblib_launcher_runs_jobs_in_parallel(tmp_path):
     assert len(_csv(sweep / "summary.csv")) == 2
 
 
+@pytest.mark.slow  # submitit's own process per job: ~25 s
 def test_submitit_local_launcher(tmp_path):
     sweep = tmp_path / "sweep"
     p = nst(
