@@ -317,6 +317,7 @@ def test_user_image_modes(tmp_path):
     assert np.asarray(Image.open(out / "result.png")).shape == (40, 40, 3)
 
 
+@pytest.mark.slow  # an end-to-end CLI case: CI's slow step runs it
 def test_divergence_guard_keeps_last_finite_image(tmp_path, write_png):
     """Issue 5 acceptance 4: a NaN/inf loss stops the job cleanly with status diverged."""
     c = write_png("c.png")

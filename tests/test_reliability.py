@@ -220,6 +220,7 @@ def test_default_outputs_in_a_read_only_working_directory(tmp_path, mounts):
     assert "cannot write outputs: Read-only file system" in err and "hydra.run.dir=DIR" in err
 
 
+@pytest.mark.slow  # an end-to-end CLI case: CI's slow step runs it
 def test_full_disk_at_start_and_at_the_first_checkpoint(tmp_path, write_png, mounts):
     c = write_png("c.png", 30, 40, 1)
     full = tmp_path / "full"
@@ -343,6 +344,7 @@ def test_image_too_small_says_which_size_works(tmp_path):
     check_size("vgg16", layers, resize_longest(chelsea, size).shape[:2], size)
 
 
+@pytest.mark.slow  # an end-to-end CLI case: CI's slow step runs it
 def test_early_stop_from_the_command_line(tmp_path, write_png):
     """early_stop.patience=1 with a demanding min_delta ends the run at the first log row that
     does not improve by it: fewer steps than asked, a finished summary, the last row there."""

@@ -157,6 +157,7 @@ def test_submitit_local_launcher(tmp_path):
     assert len(_csv(sweep / "summary.csv")) == 2
 
 
+@pytest.mark.slow  # an end-to-end CLI case: CI's slow step runs it
 def test_failed_job_is_reported_and_others_run(tmp_path, write_png):
     good = write_png("good.png")
     bad = tmp_path / "bad.png"
@@ -261,6 +262,7 @@ def test_sigterm_stops_the_whole_sweep(tmp_path, write_png):
     assert json.loads(next(sweep.glob("0_*/summary.json")).read_text())["status"] == "interrupted"
 
 
+@pytest.mark.slow  # an end-to-end CLI case: CI's slow step runs it
 def test_alpha_beta_sweep_reports_eval_metrics_tradeoff_and_animation(tmp_path):
     """A 4-job α/β sweep: every job's fixed evaluation metrics in summary.csv, the trade-off
     plot in report.html and tradeoff.svg, and progress.gif with animation=true."""
