@@ -323,10 +323,25 @@ def test_divergence_guard_keeps_last_finite_image(tmp_path, write_png):
     c = write_png("c.png")
     out = tmp_path / "run"
     p = nst(
-        f"content={c}", f"style={c}", *TINY, "loss.alpha=1e38", "init=noise", f"hydra.run.dir={out}"
+        f"content={c}",
+        f"style={c}",
+        *TINY,
+        "loss.alpha=1e38",
+        "init=noise",
+        "logger=wandb",
+        "logger.wandb.mode=offline",
+        f"hydra.run.dir={out}",
     )
-    assert p.returncode != 0
+    assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1 and "diverged at step" in p.stderr
+    from tests.test_sweep import _wandb_records
+
+    (wb,) = (out / "wandb").glob("offline-run-*")
+    records = _wandb_records(wb)
+    exits = [r["exit"]["exit_code"] for r in records if r.get("type") == "exit"]
+    assert exits and exits[-1] != 0  # the W&B run is marked failed
+    summary_text = json.dumps([r for r in records if r.get("type") == "summary"])
+    assert '"status": "diverged"' in summary_text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["step"] >= 0
     assert not (out / "result.png").exists()
@@ -375,6 +390,8 @@ def test_killed_run_resumes_byte_identical(tmp_path, write_png, how):
     ]
     import nst as api
 
+    if how == "sigterm":  # and the W&B run continues as the same run
+        args += ["logger=wandb", "logger.wandb.mode=offline"]
     ref = tmp_path / "ref"  # in-process: the same run as the CLI's (tests/test_api.py)
     api.stylize(overrides=args, output_dir=ref)
     run = tmp_path / "run"
@@ -417,6 +434,8 @@ def test_killed_run_resumes_byte_identical(tmp_path, write_png, how):
     if how == "sigterm":
         again = nst(*args, f"hydra.run.dir={run}", "resume=true")
         assert again.returncode == 0 and "already finished" in again.stdout
+        ids = {d.name.rsplit("-", 1)[-1] for d in (run / "wandb").glob("offline-run-*")}
+        assert ids == {(run / "wandb_run_id").read_text().strip()}  # one W&B run, resumed
 
 
 def test_compile_cache_dir_choice(tmp_path):

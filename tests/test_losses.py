@@ -137,3 +137,22 @@ def test_raw_gram_gradient_is_f_times_symmetrized_cotangent():
     by_vmap = jax.vmap(jax.grad(lambda x: loss(losses.raw_gram, x)))(jnp.asarray(f))
     by_autodiff = jax.vmap(jax.grad(lambda x: loss(plain, x)))(jnp.asarray(f))
     np.testing.assert_allclose(by_vmap, by_autodiff, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluation_of_an_image_against_itself():
+    """The fixed evaluation: an image as its own content and style scores 0, 0, SSIM 1 and
+    colour distance 0; a different image scores more on each."""
+    from nst.evaluate import make_evaluator
+    from tests.conftest import smooth_image
+
+    img, other = smooth_image(40, 56, 1), smooth_image(40, 56, 2)
+    same = make_evaluator(img, [img])(img)
+    assert same["eval/content"] == pytest.approx(0, abs=1e-9)
+    assert same["eval/style"] == pytest.approx(0, abs=1e-9)
+    assert same["eval/ssim"] == pytest.approx(1.0) and same["eval/color"] == pytest.approx(
+        0, abs=1e-6
+    )
+    assert same["eval/tradeoff"] == pytest.approx(same["eval/content"] + same["eval/style"])
+    diff = make_evaluator(img, [img])(other)
+    assert diff["eval/content"] > 0.01 and diff["eval/style"] > 0.01
+    assert diff["eval/ssim"] < 0.9 and diff["eval/color"] > 0
