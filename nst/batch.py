@@ -85,7 +85,7 @@ def _structure_key(kw: dict[str, Any]) -> tuple:
         tuple(loss.style_layers),
         loss.gram_norm,
         loss.content_norm,
-        loss.style_loss,
+        loss.style,
         kw["optimizer"],
         kw["steps"],
         kw.get("log_every", 10),

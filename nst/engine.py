@@ -48,7 +48,7 @@ class LossSpec:
     tv: float = 0.0
     gram_norm: str = "mean"
     content_norm: str = "mean"
-    style_loss: str = "gram"  # or "mean_cov" (see nst.losses.mean_cov_loss)
+    style: str = "gram"  # loss.style: gram, or mean_cov (see nst.losses.mean_cov_loss)
     balance: str = "none"  # or "grad": see balance_scale
 
     def weights(self) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def trim_params(model: Network, params: Params) -> Any:
 
 def style_statistics(feats: jnp.ndarray, loss: LossSpec) -> Any:
     """What the style loss matches for one layer: the Gram A_l, or (mean, covariance)."""
-    if loss.style_loss == "mean_cov":
+    if loss.style == "mean_cov":
         return losses.feature_stats(feats)
     return losses.gram(feats, loss.gram_norm)
 
@@ -173,7 +173,7 @@ def _guided_targets(model, params, content, styles, loss, content_mask, style_ma
     downsampling = get_backbone(model.arch).downsampling
     if len(styles) not in (1, 2):
         raise ValueError(f"a content mask routes 1 or 2 style images, got {len(styles)}")
-    if loss.style_loss != "gram":
+    if loss.style != "gram":
         raise ValueError("masks work with loss.style=gram")
     cm = np.clip(np.asarray(content_mask, np.float32), 0.0, 1.0)
     regions = [cm] if len(styles) == 1 else [1.0 - cm, cm]
@@ -230,7 +230,7 @@ def make_loss_fn(model: Network, loss: LossSpec) -> Callable[..., tuple[jnp.ndar
                 )
                 for k in style_layers
             }
-        elif loss.style_loss == "mean_cov":
+        elif loss.style == "mean_cov":
             s = {
                 k: losses.mean_cov_loss(feats[k], targets["style"][k], loss.gram_norm)
                 for k in style_layers

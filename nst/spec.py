@@ -174,7 +174,7 @@ def _loss(cfg: DictConfig, backbone: BackboneSpec) -> LossSpec:
         tv=float(cfg.loss.tv),
         gram_norm=name_of(cfg.loss.gram_norm),
         content_norm=name_of(cfg.loss.content_norm),
-        style_loss=name_of(cfg.loss.style),
+        style=name_of(cfg.loss.style),
         balance=name_of(cfg.loss.balance),
     )
 
@@ -321,7 +321,7 @@ def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
     loss = _loss(cfg, backbone)
     optimizer = optimizer_spec(_container(cfg.optimizer))
     styles, blend = _styles(cfg, images.get("style"))
-    cmask, smasks = _masks(cfg, len(styles), loss.style_loss)
+    cmask, smasks = _masks(cfg, len(styles), loss.style)
     scale = float(cfg.style_scale)
     if not math.isfinite(scale) or scale <= 0:
         raise ConfigError(f"style_scale must be > 0, got {scale}")

@@ -70,7 +70,7 @@ def _run(style, **kw):
     loss = LossSpec(
         content_layers={"relu2_2": 1.0},
         style_layers={"relu1_1": 0.5, "relu2_1": 0.5},
-        style_loss=kw.pop("style_loss", "gram"),
+        style=kw.pop("style_loss", "gram"),
     )
     return stylize(
         content,

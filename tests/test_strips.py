@@ -84,7 +84,7 @@ def test_strip_blocks_rule():
     assert engine.strip_blocks(BackboneSpec(), loss) == 0  # no remat: whole image
     c22 = dataclasses.replace(loss, content_layers={"relu2_2": 1.0})
     assert engine.strip_blocks(remat, c22) == 1  # a content layer needs its whole activation
-    assert engine.strip_blocks(remat, dataclasses.replace(loss, style_loss="mean_cov")) == 0
+    assert engine.strip_blocks(remat, dataclasses.replace(loss, style="mean_cov")) == 0
     shallow = LossSpec(content_layers={"relu1_2": 1.0}, style_layers={"relu1_1": 1.0})
     assert engine.strip_blocks(remat, shallow) == 0
     assert engine.strip_blocks(dataclasses.replace(remat, strip_rows=0), loss) == 0

@@ -640,7 +640,7 @@ class VGGBackbone(Backbone):
         """With remat, the leading blocks (up to STRIP_BLOCKS_MAX) whose layers the loss reads
         only through Gram matrices (a Gram sums over rows; a content layer or mean/covariance
         statistics would need the whole activation)."""
-        if not spec.remat or loss.style_loss != "gram" or spec.strip_rows <= 0:
+        if not spec.remat or loss.style != "gram" or spec.strip_rows <= 0:
             return 0
         names = self.layer_names()
         deepest = names.index(self.deepest_layer(loss.layers))
