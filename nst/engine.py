@@ -338,14 +338,26 @@ def compile_calls(
     args: tuple[Any, ...],
     ends: Sequence[int],
     start: int = 0,
+    **jit_kwargs: Any,
 ) -> dict[int, Any]:
     """Ahead-of-time executables of ``make_update(n)`` (state donated) for every distinct call
     length n between ``start`` and the call ``ends`` (:func:`call_boundaries`), keyed by n, so
-    compile time is reported apart from step time."""
+    compile time is reported apart from step time. ``jit_kwargs`` go to ``jax.jit`` (shardings)."""
     if not ends:  # steps=0 (or resumed at the end): nothing to run, the result is the start
         return {}
     lengths = sorted({b - a for a, b in zip([start, *ends[:-1]], ends, strict=True)})
-    return {n: jax.jit(make_update(n), donate_argnums=0).lower(*args).compile() for n in lengths}
+    return {
+        n: jax.jit(make_update(n), donate_argnums=0, **jit_kwargs).lower(*args).compile()
+        for n in lengths
+    }
+
+
+def job_devices(batch: int, devices: Sequence[Any] | None = None) -> list[Any]:
+    """The local devices a batch of ``batch`` jobs is split over: the most of them that divide
+    the batch evenly (every device runs the same number of jobs; 6 jobs on 4 devices use 3)."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    n = max(d for d in range(1, min(len(devices), batch) + 1) if batch % d == 0)
+    return devices[:n]
 
 
 def metric_order(loss: LossSpec) -> list[str]:
@@ -371,6 +383,28 @@ class Program:
     loss_fn: Callable[..., tuple[jnp.ndarray, Metrics]]
     tx: optax.GradientTransformation
     batch: int | None = None
+    # With ``batch``: the devices the job axis is sharded over (:func:`job_devices`); the
+    # network, its parameters and the targets are replicated on each.
+    devices: tuple[Any, ...] = ()
+
+    @property
+    def sharded(self) -> bool:
+        return self.batch is not None and len(self.devices) > 1
+
+    def _shardings(self) -> tuple[Any, Any]:
+        """(per-job, replicated) shardings over :attr:`devices` (``sharded`` programs only)."""
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        mesh = Mesh(np.asarray(self.devices), ("jobs",))
+        return NamedSharding(mesh, PartitionSpec("jobs")), NamedSharding(mesh, PartitionSpec())
+
+    def place(self, tree: Any, per_job: bool = True) -> Any:
+        """``tree`` on the program's devices: split along the job axis (``per_job``) or
+        replicated; on the default device where the program is not sharded."""
+        if not self.sharded:
+            return jax.device_put(tree)
+        jobs, replicated = self._shardings()
+        return jax.device_put(tree, jobs if per_job else replicated)
 
     def weights(self, losses: Sequence[LossSpec] | None = None) -> Any:
         """The loss weights as a jit argument (per job with ``batch``: ``losses`` or this one;
@@ -378,9 +412,7 @@ class Program:
         if self.batch is None:
             return jax.device_put((losses[0] if losses else self.loss).weights())
         each = [x.weights() for x in (losses or [self.loss] * self.batch)]
-        return jax.device_put(
-            jax.tree.map(lambda *xs: np.stack([np.float32(x) for x in xs]), *each)
-        )
+        return self.place(jax.tree.map(lambda *xs: np.stack([np.float32(x) for x in xs]), *each))
 
     def init_state(self, images: Any) -> State:
         """The state for ``images`` (``(H, W, 3)``, or ``(B, H, W, 3)`` with ``batch``), one
@@ -389,7 +421,8 @@ class Program:
         init = self.tx.init if self.batch is None else jax.vmap(self.tx.init)
         step = jnp.zeros(() if self.batch is None else (self.batch,), jnp.int32)
         state = State(images, init(images), step)
-        return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+        state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+        return self.place(state) if self.sharded else state
 
     def update_fn(self, steps_per_call: int = 1) -> Callable[..., tuple[State, Metrics]]:
         """``update(state, params, targets, weights)`` (vmapped over jobs with ``batch``)."""
@@ -408,9 +441,15 @@ class Program:
         the final-loss evaluator, and the seconds compiling took (reported apart from steps)."""
         t0 = time.perf_counter()
         args = (state, self.params, self.targets, weights)
-        compiled = compile_calls(self.update_fn, args, ends, start)
+        step_kw: dict[str, Any] = {}
+        eval_kw: dict[str, Any] = {}
+        if self.sharded:  # every leaf of the state, the weights and the metrics has a job axis
+            jobs, rep = self._shardings()
+            step_kw = {"in_shardings": (jobs, rep, rep, jobs), "out_shardings": jobs}
+            eval_kw = {"in_shardings": (jobs, rep, rep, jobs), "out_shardings": jobs}
+        compiled = compile_calls(self.update_fn, args, ends, start, **step_kw)
         fn = self.loss_fn if self.batch is None else jax.vmap(self.loss_fn, (0, None, None, 0))
-        evaluate = jax.jit(fn).lower(state.image, *args[1:]).compile()
+        evaluate = jax.jit(fn, **eval_kw).lower(state.image, *args[1:]).compile()
         return compiled, evaluate, time.perf_counter() - t0
 
 
@@ -427,16 +466,19 @@ def build(
     style_masks: Sequence[np.ndarray | None] | None = None,
     targets: dict[str, Any] | None = None,
     batch: int | None = None,
+    devices: Sequence[Any] | None = None,
 ) -> Program:
     """The network for ``loss``'s layers, its prepared ``params``, the targets of ``content`` and
-    ``style`` (:func:`compute_targets`; or ``targets`` given), the loss and the optimizer."""
+    ``style`` (:func:`compute_targets`; or ``targets`` given), the loss and the optimizer. A
+    ``batch`` of jobs is sharded over ``devices`` (default: :func:`job_devices` of all local
+    devices)."""
     model = make_model(backbone, loss)
     prepared = trim_params(model, params)
     if targets is None:
         targets = compute_targets(
             model, prepared, content, style, loss, style_blend, content_mask, style_masks
         )
-    return Program(
+    prog = Program(
         model=model,
         params=prepared,
         targets=targets,
@@ -445,7 +487,12 @@ def build(
         loss_fn=make_loss_fn(model, loss),
         tx=make_optimizer(optimizer),
         batch=batch,
+        devices=tuple(job_devices(batch, devices)) if batch is not None else (),
     )
+    if prog.sharded:
+        prog.params = prog.place(prog.params, per_job=False)
+        prog.targets = prog.place(prog.targets, per_job=False)
+    return prog
 
 
 def save_checkpoint(path: str | Path, state: State, meta: str = "") -> Path:
@@ -535,6 +582,7 @@ class RunResult:
     optimize_s: float
     sec_per_step: float
     balance_scale: float | None = None  # loss.balance=grad: the factor applied to β
+    devices: list[str] = field(default_factory=list)  # where the image was optimized
 
 
 def stylize(
@@ -771,6 +819,7 @@ def drive_calls(
                 break  # plateau: the image after `done` steps is the result
     optimize_s = time.perf_counter() - t_start
 
+    devices = sorted(str(d) for d in state.image.sharding.device_set)
     images = np.asarray(jax.device_get(state.image))
     _, final = evaluate(state.image, params, targets, weights)
     final = jax.device_get(final)
@@ -793,6 +842,7 @@ def drive_calls(
             compile_s=compile_s,
             optimize_s=optimize_s,
             sec_per_step=sec,
+            devices=devices,
         )
     return out
 

@@ -293,6 +293,7 @@ def _run(
                 "optimize_s": result.optimize_s,
                 "sec_per_step": result.sec_per_step,
                 "steps_per_s": 1.0 / result.sec_per_step if result.sec_per_step > 0 else None,
+                "devices": result.devices,
                 "backbone": {
                     "arch": backbone.arch,
                     "pooling": backbone.pooling,

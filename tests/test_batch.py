@@ -180,3 +180,96 @@ def test_batched_launcher_with_pyramid_jobs(tmp_path):
         levels = [json.loads(x)["level"] for x in (s.parent / "metrics.jsonl").open()]
         assert set(levels) == {0.0, 1.0}
     assert len(list(sweep.glob("*/summary.json"))) == 2
+
+
+_SHARDED = r"""
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, sys.argv[1])
+from nst import batch, engine
+from tests.test_batch import Rows, _request, smooth_image, random_params
+
+content, style = smooth_image(24, 32, 1), smooth_image(24, 32, 2)
+rng = np.random.default_rng(0)
+problem = (content, style, [content.copy(), rng.uniform(0, 255, content.shape).astype(np.float32)],
+           random_params("vgg16", 0))
+specs = [(1e2, 0), (1e4, 1)]
+reqs = [_request(problem, b, i, Rows()) for b, i in specs]
+prog = engine.build(reqs[0]["backbone"], reqs[0]["loss"], reqs[0]["optimizer"], reqs[0]["params"],
+                    content, style, batch=2)
+state = prog.init_state(np.stack([r["init"] for r in reqs]))
+weights = prog.weights([r["loss"] for r in reqs])
+compiled, _, _ = prog.compile(state, weights, [1])
+state, _ = compiled[1](state, prog.params, prog.targets, weights)
+out = batch.stylize_batch(reqs)
+seq = [engine.stylize(**_request(problem, b, i, Rows())) for b, i in specs]
+print(json.dumps({
+    "local_devices": jax.local_device_count(),
+    "job_devices": len(prog.devices),
+    "state_devices": len(state.image.sharding.device_set),
+    "params_devices": len(jax.tree.leaves(prog.params)[0].sharding.device_set),
+    "image_diff": max(float(np.abs(b.image - s.image).max()) for b, s in zip(out, seq)),
+    "total_rel": max(abs(b.final_metrics["total"] / s.final_metrics["total"] - 1)
+                     for b, s in zip(out, seq)),
+}))
+"""
+
+
+def test_batched_jobs_are_sharded_over_local_devices(tmp_path):
+    """Two (forced) host devices: the job axis is split over both, parameters are replicated,
+    and every job's result equals its sequential run."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    p = subprocess.run(
+        [sys.executable, "-c", _SHARDED, str(root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["local_devices"] == 2 and r["job_devices"] == 2
+    assert r["state_devices"] == 2 and r["params_devices"] == 2
+    assert r["image_diff"] < 1e-2 and r["total_rel"] < 1e-4
+
+
+def test_jobs_split_evenly_over_devices():
+    from nst.engine import job_devices
+
+    devs = ["d0", "d1", "d2", "d3"]
+    assert job_devices(8, devs) == devs
+    assert job_devices(6, devs) == devs[:3]  # 2 jobs each, not 2/2/1/1
+    assert job_devices(3, devs[:2]) == ["d0"]
+    assert job_devices(1, devs) == ["d0"]
+
+
+@pytest.mark.slow  # two worker processes start JAX and compile: ~40 s on 2 cores
+def test_joblib_workers_take_one_device_each(tmp_path):
+    """With two local devices, each joblib worker optimizes on its own one, and the results are
+    those of the same jobs run one after the other."""
+    args = ["-m", *FAST, "init=noise", "seed=0,1"]
+    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    par, seq = tmp_path / "joblib", tmp_path / "basic"
+    p = nst(
+        *args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={par}", env=two
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = nst(*args, f"hydra.sweep.dir={seq}", env=two)
+    assert p.returncode == 0, p.stderr[-3000:]
+    f1, f2 = _finals(seq), _finals(par)
+    assert sorted(f1) == sorted(f2) and len(f2) == 2
+    assert sorted(d["devices"][0] for d in f2.values()) == ["cpu:0", "cpu:1"]
+    assert all(d["devices"] == ["cpu:0"] for d in f1.values())  # one process: its default
+    for name in f1:
+        a = np.asarray(Image.open(f1[name]["result"]), np.int16)
+        b = np.asarray(Image.open(f2[name]["result"]), np.int16)
+        assert np.abs(a - b).max() <= 1, name
+        np.testing.assert_allclose(
+            f2[name]["final"]["total"], f1[name]["final"]["total"], rtol=1e-4
+        )

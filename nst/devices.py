@@ -1,0 +1,80 @@
+"""One accelerator per worker process: parallel launchers (``hydra/launcher=joblib``) run jobs in
+several processes on one machine, and a JAX process otherwise claims every local device (and, on
+GPUs, most of each one's memory). Each worker instead takes the lowest device no other worker of
+the same sweep holds, for as long as it lives."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+# The lock file of the device this process took: kept open (and locked) until the process exits.
+_held: dict[str, tuple[int, IO[str]]] = {}
+
+
+def _nvidia_gpus() -> int:
+    """GPUs the NVIDIA driver lists, counted without initializing JAX's backend."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([x for x in visible.split(",") if x.strip()])
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+
+
+def claim_slot(n: int, key: str) -> int:
+    """The index (``0 <= i < n``) of a device for this process: the lowest one whose lock no
+    other process of the sweep ``key`` holds; with more workers than devices, shared in turn."""
+    if key in _held:
+        return _held[key][0]
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locks, spread by process id
+        return os.getpid() % n
+    folder = (
+        Path(tempfile.gettempdir()) / f"nst-devices-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    )
+    folder.mkdir(exist_ok=True)
+    for i in range(n):
+        f = open(folder / f"{i}.lock", "w")  # noqa: SIM115 - held open while the process lives
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _held[key] = (i, f)
+        return i
+    return os.getpid() % n
+
+
+def use_one_device(key: str) -> str | None:
+    """Restrict this worker process to one local device (see the module doc); ``key`` names the
+    sweep, so workers of other sweeps do not count. Returns what it chose, or None with a single
+    device. Before JAX's backend starts on an NVIDIA machine the other GPUs are hidden from it
+    (``CUDA_VISIBLE_DEVICES``); otherwise the device becomes JAX's default device."""
+    import jax
+
+    try:
+        from jax._src.xla_bridge import backends_are_initialized
+    except ImportError:  # a JAX without it: treat the backend as started (default device only)
+        started = True
+    else:
+        started = backends_are_initialized()
+    if not started:
+        n = _nvidia_gpus()
+        if n > 1:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            ids = [x.strip() for x in visible.split(",")] if visible else [str(i) for i in range(n)]
+            chosen = ids[claim_slot(n, key)]
+            os.environ["CUDA_VISIBLE_DEVICES"] = chosen
+            return f"gpu {chosen}"
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        return None
+    device: Any = devices[claim_slot(len(devices), key)]
+    jax.config.update("jax_default_device", device)
+    return str(device)
