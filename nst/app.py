@@ -10,16 +10,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
-
 from nst import hostmem
-from nst.config import is_run_only, register_configs
 from nst.errors import NstError, RunInterrupted
 
+# Hydra, OmegaConf and nst.config load in the functions that use them: shell completion
+# (nst -sc, see main) answers without them.
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
     from nst.tracking import JobInfo
 
 # The config tree ships inside the package (package data), so installed wheels find it too.
@@ -45,6 +43,9 @@ def _swept_keys(hc: DictConfig) -> set[str]:
 def job_info(hc: DictConfig) -> JobInfo:
     """Name, group and type of the job for trackers, from Hydra's runtime config. In a sweep the
     name lists the swept values (``beta=1000,layers=gatys2016``) and the group is the sweep."""
+    from hydra.types import RunMode
+
+    from nst.config import is_run_only
     from nst.tracking import JobInfo
 
     pairs = [o.split("=", 1) for o in hc.overrides.task if "=" in o]
@@ -74,8 +75,11 @@ def job_info(hc: DictConfig) -> JobInfo:
     )
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    """The job Hydra runs (wrapped by ``hydra.main`` in :func:`main`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from nst.batch import current_job
     from nst.run import run  # after Hydra has parsed the command line: keeps --help fast
 
@@ -274,6 +278,12 @@ def _exit_on_signal(signum, frame) -> None:  # noqa: ARG001
 
 def main() -> None:
     """Console-script entry point (``nst``)."""
+    argv = sys.argv[1:]
+    if any(a in ("-sc", "--shell-completion") for a in argv):
+        # First and alone: a Tab must answer at once, without Hydra or JAX.
+        from nst.completion import main as complete
+
+        sys.exit(complete([a for a in argv if a not in ("-sc", "--shell-completion")]))
     hostmem.tune_malloc()  # before JAX starts its threads (see nst.hostmem)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _exit_on_signal)
@@ -295,8 +305,12 @@ def main() -> None:
         # Hydra logs at INFO; JAX's backend probing ("Unable to initialize backend 'tpu'") is noise.
         logging.getLogger("jax").setLevel(logging.WARNING)
         enable_compile_cache()
+        import hydra
+
+        from nst.config import register_configs
+
         register_configs()
-        _hydra_main()
+        hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(_hydra_main)()
     except KeyboardInterrupt:  # raised by code that restored Python's default handler
         print("nst: interrupted (SIGINT); nothing to save", file=sys.stderr)
         sys.exit(130)

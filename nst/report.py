@@ -397,6 +397,7 @@ def html_report(sweep_dir: Path, jobs: list[Job], keys: list[str], sheet: Image.
             image = f'<a href="{rel}/result.png">{image}</a>'
         if (j.dir / "progress.gif").exists():
             image += f'<br><a href="{rel}/progress.gif">progress.gif</a>'
+        image += _wandb_link(j)
         cells += [image, _svg_curves(j)]
         body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     n_bad = sum(j.status != "ok" for j in jobs)
@@ -406,6 +407,7 @@ def html_report(sweep_dir: Path, jobs: list[Job], keys: list[str], sheet: Image.
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ddd; padding: 4px 8px; vertical-align: middle; }}
 th {{ background: #f3f3f3; }} tr.bad td {{ background: #fdecea; }} small {{ color: #900; }}
+.wb {{ color: #555; font-size: smaller; }}
 </style></head><body>
 <h1>nst sweep: {html.escape(str(sweep_dir))}</h1>
 <p>{len(jobs)} jobs, {len(jobs) - n_bad} finished, {n_bad} failed or unfinished. Swept: {html.escape(", ".join(keys) or "nothing")}.</p>
@@ -419,6 +421,26 @@ th {{ background: #f3f3f3; }} tr.bad td {{ background: #fdecea; }} small {{ colo
 {"".join(body)}
 </table></body></html>
 """
+
+
+def _wandb_link(job: Job) -> str:
+    """The job's W&B run (``logger=wandb``): a link online; offline, the command (run from the
+    sweep directory) that uploads it."""
+    rec = job.wandb()
+    url = rec.get("url")
+    if isinstance(url, str) and url.startswith(("https://", "http://")):
+        return f'<br><a href="{html.escape(url, quote=True)}">W&amp;B</a>'
+    sync = rec.get("sync_dir")
+    if not isinstance(sync, str) or not sync:
+        return ""
+    path = Path(sync) if Path(sync).is_absolute() else Path(job.dir.name) / sync
+    # A resumed offline run has one directory per start: upload them all.
+    if len(list((job.dir / "wandb").glob(f"offline-run-*-{rec.get('id')}"))) > 1:
+        path = Path(job.dir.name) / "wandb" / f"offline-run-*-{rec['id']}"
+    return (
+        f'<br><span class="wb">W&amp;B offline: <code>wandb sync {html.escape(str(path))}</code>'
+        "</span>"
+    )
 
 
 def _tradeoff_section(jobs: list[Job], keys: list[str]) -> str:

@@ -26,6 +26,9 @@ from nst.config import RUN_ONLY_KEYS
 from nst.errors import ConfigError, NstError, one_line
 from nst.files import atomic_write_bytes
 
+# logger=wandb: where the job's W&B run can be seen (its URL, or offline the directory `wandb
+# sync` uploads); the sweep report links it.
+WANDB_RUN_FILE = "wandb_run.json"
 # What a run writes (besides Hydra's .hydra/ and a tracker's own folder).
 RUN_FILES = (
     "metrics.jsonl",
@@ -37,6 +40,7 @@ RUN_FILES = (
     "last_finite.png",
     "progress.gif",
     "wandb_run_id",
+    WANDB_RUN_FILE,
     "snapshots",
 )
 # Config keys that never change the image a given checkpoint leads to.

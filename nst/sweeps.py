@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from nst.config import alpha_beta, is_run_only
+from nst.rundir import WANDB_RUN_FILE
 
 THUMB = 192
 
@@ -49,6 +50,16 @@ class Job:
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
         return math.inf if value is None else value
+
+    def wandb(self) -> dict[str, Any]:
+        """The job's W&B run as ``logger=wandb`` recorded it (``wandb_run.json``): ``url``
+        online, ``sync_dir`` (relative to the job directory) offline; empty without one."""
+        p = self.dir / WANDB_RUN_FILE
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return {}
+        return rec if isinstance(rec, dict) else {}
 
     def metrics(self) -> list[dict[str, Any]]:
         p = self.dir / "metrics.jsonl"

@@ -463,6 +463,7 @@ def test_version_help_output_file_and_modes(tmp_path, write_png):
     h = nst("--help")
     assert h.returncode == 0 and "Main groups" in h.stdout and "Examples:" in h.stdout
     assert "init_case" not in h.stdout and "powered by Hydra" not in h.stdout
+    assert 'Tab completion:   eval "$(nst -sc install=bash)"' in h.stdout
     c = write_png("c.png", 30, 40, 1)
     out, jpg = tmp_path / "run", tmp_path / "final.jpg"
     old = os.umask(0o022)

@@ -410,6 +410,34 @@ def test_html_is_self_contained(mixed_sweep):
     assert base64.b64decode(b64) == (sweep / "contact_sheet.png").read_bytes()
 
 
+def test_html_links_each_jobs_wandb_run(tmp_path):
+    """wandb_run.json (logger=wandb): online jobs get a W&B link, offline ones the `wandb sync`
+    command for their directory (all of a resumed run's), jobs without W&B nothing."""
+    sweep = tmp_path / "sweep"
+    grid_sweep(sweep, [("loss.beta", ["1", "10", "100", "1000", "1e4"])])
+    dirs = sorted(sweep.iterdir(), key=lambda d: int(d.name.split("_")[0]))
+    url = "https://wandb.ai/me/nst/runs/abc123"
+    records = [
+        {"id": "abc123", "mode": "online", "url": url, "sync_dir": None},
+        {"id": "off1", "mode": "offline", "url": None, "sync_dir": "wandb/offline-run-1-off1"},
+        {"id": "off2", "mode": "offline", "url": None, "sync_dir": "wandb/offline-run-2-off2"},
+        {"id": "bad", "mode": "online", "url": "javascript:alert(1)", "sync_dir": None},
+    ]
+    for d, rec in zip(dirs, records, strict=False):
+        (d / "wandb_run.json").write_text(json.dumps(rec))
+    (dirs[2] / "wandb" / "offline-run-1-off2").mkdir(parents=True)  # started, then resumed
+    (dirs[2] / "wandb" / "offline-run-2-off2").mkdir()
+    build_report(sweep)
+    page = (sweep / "report.html").read_text(encoding="utf-8")
+    assert page.count(">W&amp;B</a>") == 1
+    assert f'<a href="{url}">W&amp;B</a>' in page
+    assert page.count("W&amp;B offline:") == 2
+    assert f"<code>wandb sync {dirs[1].name}/wandb/offline-run-1-off1</code>" in page
+    assert f"<code>wandb sync {dirs[2].name}/wandb/offline-run-*-off2</code>" in page
+    assert "javascript:" not in page  # only web addresses become links
+    assert [j.wandb() for j in find_jobs(sweep)] == [*records, {}]
+
+
 # --- build_report / CLI ----------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -95,6 +96,11 @@ def test_wandb_offline_sweep_acceptance(tmp_path):
     assert (lay["row_key"], lay["col_key"]) == ("loss.beta", "layers")
     assert len(lay["rows"]) == 2 and len(lay["cols"]) == 2
     assert (sweep / "contact_sheet.png").exists() and (sweep / "report.html").exists()
+    # Each job's row says how to upload its offline run, from the sweep directory.
+    page = (sweep / "report.html").read_text(encoding="utf-8")
+    assert sorted(re.findall(r"<code>wandb sync ([^<]+)</code>", page)) == [
+        str(rd.relative_to(sweep)) for rd in run_dirs
+    ]
     rows = _csv(sweep / "summary.csv")
     assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
     assert {r["alpha_beta"] for r in rows} == {"0.01", "0.0001"}

@@ -1,12 +1,13 @@
 """Metric writers: local JSON lines, fan-out, and W&B (real offline runs; failures never fatal)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nst.tracking.base import LocalWriter, MetricWriter, MultiWriter
-from nst.tracking.wandb_tracker import WandbWriter, default_mode, flatten
+from nst.tracking.wandb_tracker import WandbWriter, default_mode, flatten, run_record
 
 
 class Recorder(MetricWriter):
@@ -163,6 +164,46 @@ def test_wandb_missing_package(tmp_path, monkeypatch, capsys):
     writer.write_scalars(0, {"total": 1.0})
     writer.close()
     assert (tmp_path / "metrics.jsonl").read_text().strip() == '{"step": 0, "total": 1.0}'
+
+
+def test_wandb_offline_run_records_the_directory_to_sync(tmp_path, monkeypatch):
+    """logger=wandb offline: wandb_run.json names the run and the directory `wandb sync`
+    uploads, relative to the run directory; no URL (there is none until it is synced)."""
+    from nst.tracking import JobInfo, TrackerContext, make_writer
+
+    monkeypatch.chdir(tmp_path)  # a relative run directory, as Hydra's default outputs/ is
+    ctx = TrackerContext(Path("run"), JobInfo(), {"loss": {}}, None, 1.0, False)
+    writer = make_writer({"wandb": {"mode": "offline"}}, ctx)
+    writer.close()
+    rec = json.loads((tmp_path / "run" / "wandb_run.json").read_text())
+    run_id = (tmp_path / "run" / "wandb_run_id").read_text()
+    assert rec == {
+        "id": run_id,
+        "mode": "offline",
+        "url": None,
+        "sync_dir": rec["sync_dir"],
+    }
+    sync = Path(rec["sync_dir"])
+    assert sync.parent == Path("wandb") and sync.name.startswith("offline-run-")
+    assert sync.name.endswith(f"-{run_id}") and (tmp_path / "run" / sync).is_dir()
+
+
+def test_wandb_run_record_online_and_disabled(tmp_path):
+    """Online runs record their URL; a disabled run has nothing to link to."""
+    from types import SimpleNamespace
+
+    online = SimpleNamespace(id="abc123", offline=False, url="https://wandb.ai/me/nst/runs/abc123")
+    assert run_record(online, tmp_path) == {
+        "id": "abc123",
+        "mode": "online",
+        "url": "https://wandb.ai/me/nst/runs/abc123",
+        "sync_dir": None,
+    }
+    assert run_record(SimpleNamespace(id="x", disabled=True), tmp_path) is None
+    outside = SimpleNamespace(
+        id="y", offline=True, settings=SimpleNamespace(sync_dir=str(tmp_path / "elsewhere"))
+    )
+    assert run_record(outside, tmp_path / "run")["sync_dir"] == str(tmp_path / "elsewhere")
 
 
 @pytest.mark.parametrize("exit_code", [0, 1])

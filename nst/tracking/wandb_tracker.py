@@ -8,6 +8,7 @@ run goes on with its local files.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ import numpy as np
 
 from nst.errors import ConfigError, one_line
 from nst.files import atomic_write_bytes, cache_root
+from nst.rundir import WANDB_RUN_FILE
 from nst.tracking.base import MetricWriter, tracker_options
 
 WANDB_ID_FILE = "wandb_run_id"
@@ -83,10 +85,36 @@ def create(options: dict[str, Any], ctx: Any) -> WandbWriter | None:
     if w is not None and id_file is not None:
         with contextlib.suppress(Exception):
             atomic_write_bytes(id_file, str(w.run.id).encode())
+        with contextlib.suppress(Exception):
+            record_run(w.run, run_dir)
     return w
 
 
 create.check = check  # type: ignore[attr-defined]
+
+
+def run_record(run: Any, run_dir: Path) -> dict[str, Any] | None:
+    """What :data:`WANDB_RUN_FILE` holds for ``run``: ``id``, ``mode``, ``url`` (online) and
+    ``sync_dir`` (offline). None for a disabled run, which has nothing to link to."""
+    if getattr(run, "disabled", False):
+        return None
+    rec: dict[str, Any] = {"id": str(run.id), "mode": "online", "url": None, "sync_dir": None}
+    if getattr(run, "offline", False):
+        # run.url only warns offline; the sync directory is what gets uploaded later.
+        rec["mode"] = "offline"
+        sync = Path(run.settings.sync_dir).resolve()
+        root = Path(run_dir).resolve()
+        rec["sync_dir"] = str(sync.relative_to(root) if sync.is_relative_to(root) else sync)
+    else:
+        rec["url"] = run.url
+    return rec
+
+
+def record_run(run: Any, run_dir: Path) -> None:
+    """Write :data:`WANDB_RUN_FILE` into the run directory (a resumed run rewrites it)."""
+    rec = run_record(run, run_dir)
+    if rec is not None:
+        atomic_write_bytes(Path(run_dir) / WANDB_RUN_FILE, json.dumps(rec, indent=1).encode())
 
 
 def default_mode(mode: str | None) -> str:
