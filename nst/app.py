@@ -89,6 +89,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     info = job_info(hc)
     if cfg.get("resume") and hc.output_subdir is None:
         _write_hydra_record(cfg, hc, Path(run_dir))
+    if multirun and "joblib" in str(hc.launcher.get("_target_", "")):
+        from nst.devices import use_one_device
+
+        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # not the TPU probe
+        use_one_device(str(Path(hc.sweep.dir).resolve()))  # one device per worker process
     slot = current_job()  # set by hydra/launcher=batched: this job runs in a thread of a batch
     if slot is not None:
         slot.started()  # done with Hydra's global config: the next job may set up
