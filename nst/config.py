@@ -90,6 +90,10 @@ class BackboneConfig:
     # Convolution algorithm: auto (Winograd F(4x4,3x3) on the CPU for layers with >= 128
     # channels, XLA's convolution elsewhere and on GPUs), xla, or winograd. Same function.
     conv: str = "auto"
+    # Precision of the convolution products: float32; bfloat16 (bf16 operands, float32
+    # accumulation: the CPU's bf16 matrix units; everything else stays float32); auto (per layer,
+    # what measures fastest on this machine, once per CPU and size; float32 without bf16 units).
+    compute_dtype: str = "float32"
 
 
 class StyleWeighting(Enum):

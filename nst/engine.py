@@ -76,8 +76,13 @@ class State(NamedTuple):
     step: jnp.ndarray
 
 
-def make_model(backbone: BackboneSpec, loss: LossSpec) -> Network:
-    """The registered backbone's network for the loss's layers (stops at the deepest)."""
+def make_model(
+    backbone: BackboneSpec, loss: LossSpec, hw: tuple[int, int] | None = None
+) -> Network:
+    """The registered backbone's network for the loss's layers (stops at the deepest); ``hw``,
+    the optimized image's size, for backbones that plan their computation by size."""
+    if hw is not None and backbone.step_hw is None:
+        backbone = dataclasses.replace(backbone, step_hw=(int(hw[0]), int(hw[1])))
     return get_backbone(backbone.arch).network(backbone, loss.layers, loss)
 
 
@@ -472,7 +477,7 @@ def build(
     ``style`` (:func:`compute_targets`; or ``targets`` given), the loss and the optimizer. A
     ``batch`` of jobs is sharded over ``devices`` (default: :func:`job_devices` of all local
     devices)."""
-    model = make_model(backbone, loss)
+    model = make_model(backbone, loss, None if content is None else np.shape(content)[:2])
     prepared = trim_params(model, params)
     if targets is None:
         targets = compute_targets(

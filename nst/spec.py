@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nst.backbones import BackboneSpec, get_backbone
+from nst.backbones import COMPUTE_DTYPES, BackboneSpec, get_backbone
 from nst.config import alpha_beta
 from nst.engine import LossSpec
 from nst.errors import ConfigError
@@ -193,7 +193,17 @@ def _backbone(cfg: DictConfig) -> BackboneSpec:
         remat=bool(b.remat),
         strip_rows=rows,
         conv=str(b.conv),
+        compute_dtype=_compute_dtype(b.get("compute_dtype", "float32")),
     )
+
+
+def _compute_dtype(value: Any) -> str:
+    v = str(value)
+    if v not in COMPUTE_DTYPES:
+        raise ConfigError(
+            f"backbone.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {v!r}"
+        )
+    return v
 
 
 def _seed(key: str, value: Any) -> int:

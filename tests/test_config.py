@@ -186,6 +186,19 @@ def test_conv_choice_reaches_spec_and_bad_values_fail():
         specs_from_config(_compose(["backbone.conv=fft"]))
 
 
+def test_compute_dtype_reaches_spec_and_bad_values_fail():
+    from nst.errors import ConfigError
+
+    assert specs_from_config(_compose())[0].compute_dtype == "float32"
+    for v in ("bfloat16", "auto"):
+        assert specs_from_config(_compose([f"backbone.compute_dtype={v}"]))[0].compute_dtype == v
+    with pytest.raises(
+        ConfigError,
+        match="backbone.compute_dtype must be one of float32, bfloat16, auto, got 'fp8'",
+    ):
+        specs_from_config(_compose(["backbone.compute_dtype=fp8"]))
+
+
 def test_remat_and_strip_rows_reach_spec_and_bad_values_fail():
     from nst.errors import ConfigError
 

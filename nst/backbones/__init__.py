@@ -29,6 +29,9 @@ from nst.errors import ConfigError
 Params = Mapping[str, Any]
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16", "auto")  # backbone.compute_dtype
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """Which network computes the features, and how (plain values from ``backbone.*``)."""
@@ -43,6 +46,12 @@ class BackboneSpec:
     # How convolutions run (VGG): auto (Winograd on the CPU for layers with >= 128 channels,
     # XLA's convolution elsewhere), xla or winograd; same function either way.
     conv: str = "auto"
+    # Convolution products (VGG): float32, bfloat16 (bf16 operands, float32 accumulation; the
+    # activations, Grams, losses and the image stay float32) or auto (per layer, what measures
+    # fastest on this machine: nst.backbones.tune; float32 where the CPU has no bf16 units).
+    compute_dtype: str = "float32"
+    # The optimized image's (height, width), set by the engine: what compute_dtype=auto times.
+    step_hw: tuple[int, int] | None = None
     # With remat: the blocks before the first content layer run over strips of about this
     # many rows, one strip at a time (nst.backbones.vgg.apply_vgg_striped).
     strip_rows: int = 128

@@ -146,6 +146,11 @@ class SqueezeNet11(Backbone):
             )
         if weights.source == "file" and not weights.path:
             raise ConfigError("backbone.weights=file needs backbone.weights_path=FILE")
+        if spec.compute_dtype != "float32":
+            raise ConfigError(
+                f"backbone.compute_dtype={spec.compute_dtype} is for VGG backbones; "
+                f"{self.name} computes in float32"
+            )
 
     def load(self, weights: Any) -> tuple[dict, dict[str, Any]]:
         if weights.source == "random":

@@ -17,7 +17,7 @@ import numpy as np
 from flax import linen as nn
 
 from nst import losses
-from nst.backbones import Backbone, BackboneSpec, Layer
+from nst.backbones import COMPUTE_DTYPES, Backbone, BackboneSpec, Layer
 
 # Convolutions per block: Simonyan & Zisserman 2015, Table 1 (configurations D and E).
 BLOCKS: dict[str, tuple[int, ...]] = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
@@ -205,32 +205,86 @@ def validate_layers(arch: str, names: Sequence[str]) -> None:
     _backbone(arch).validate_layers(names)
 
 
-CONV_IMPLS = ("xla", "winograd")
-CONV_CHOICES = ("auto", *CONV_IMPLS)
+# How one 3x3 convolution runs. The *_bf16 forms take bfloat16 operands and accumulate in
+# float32 (the CPU's bf16 matrix units: AVX512-BF16, AMX); activations, Grams, losses, the
+# optimizer and the image stay float32 (backbone.compute_dtype).
+CONV_IMPLS = ("xla", "winograd", "winograd_bf16", "im2col_bf16")
+CONV_CHOICES = ("auto", "xla", "winograd")
 # Winograd pays off on XLA:CPU once a convolution has >= 128 channels on one side (measured per
 # layer and direction by `nst-bench --conv-layers`: 1.3-2.5x; 2x slower for 64 -> 64, where the
 # memory-bound transforms cost more than the multiplies they save).
 WINOGRAD_MIN_CHANNELS = 128
 
 
-def conv_plan(arch: str, conv: str, backend: str) -> tuple[tuple[str, str, str], ...]:
+def conv_plan(
+    arch: str, conv: str, backend: str, compute_dtype: str = "float32"
+) -> tuple[tuple[str, str, str], ...]:
     """How each convolution of ``arch`` runs: ``(name, forward, input-gradient)`` implementations.
 
     ``conv``: ``xla`` (XLA's convolution both ways), ``winograd`` (F(4x4, 3x3) both ways for
     every layer but the 3-channel first one) or ``auto``: Winograd on the CPU where a
     convolution has ``WINOGRAD_MIN_CHANNELS`` channels on one side (all but block 1), XLA
-    elsewhere and on accelerators (cuDNN picks its own algorithms there)."""
+    elsewhere and on accelerators (cuDNN picks its own algorithms there).
+    ``compute_dtype=bfloat16`` turns every product but the first layer's into its bf16 form
+    (Winograd's GEMMs, or XLA's convolution replaced by :func:`im2col_conv`); ``auto`` is
+    measured per layer (:mod:`nst.backbones.tune`) and is float32 here, without sizes."""
     if conv not in CONV_CHOICES:
         raise ValueError(f"unknown conv implementation {conv!r}; valid: {', '.join(CONV_CHOICES)}")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"unknown compute dtype {compute_dtype!r}; valid: {', '.join(COMPUTE_DTYPES)}"
+        )
+    bf16 = compute_dtype == "bfloat16"
     plan = []
     for name, (_, _, cin, cout) in conv_shapes(arch).items():
         if conv == "auto":
-            wide = backend == "cpu" and max(cin, cout) >= WINOGRAD_MIN_CHANNELS
-            fwd = bwd = "winograd" if wide else "xla"
+            wide = (backend == "cpu" or bf16) and max(cin, cout) >= WINOGRAD_MIN_CHANNELS
+            impl = "winograd" if wide else "xla"
         else:
-            fwd = bwd = conv
-        plan.append((name, "xla" if cin < 8 else fwd, "xla" if cin < 8 else bwd))
+            impl = conv
+        if bf16:
+            impl = "winograd_bf16" if impl == "winograd" else "im2col_bf16"
+        # The 3-channel first layer: nothing to gain, and its input is the image itself.
+        plan.append((name, "xla" if cin < 8 else impl, "xla" if cin < 8 else impl))
     return tuple(plan)
+
+
+def uses_bf16(plan: Sequence[tuple[str, str, str]]) -> bool:
+    """Whether any product of ``plan`` takes bfloat16 operands."""
+    return any(i.endswith("_bf16") for _, f, b in plan for i in (f, b))
+
+
+def kernel_for(impl: str, kernel: jnp.ndarray) -> jnp.ndarray:
+    """The form of an HWIO ``kernel`` that :func:`conv_impl` takes for ``impl`` (precomputed once
+    per run: a Winograd transform, a reshape, a cast)."""
+    from nst.backbones import winograd
+
+    if impl == "winograd":
+        return winograd.transform_kernel(kernel)
+    if impl == "winograd_bf16":  # F(2x2, 3x3): see nst.backbones.winograd on bf16 rounding
+        return winograd.transform_kernel(kernel, 2).astype(jnp.bfloat16)
+    if impl == "im2col_bf16":
+        kh, kw, cin, cout = kernel.shape
+        return kernel.reshape(kh, kw * cin, cout).astype(jnp.bfloat16)
+    if impl == "xla":
+        return kernel
+    raise ValueError(f"unknown conv implementation {impl!r}; valid: {', '.join(CONV_IMPLS)}")
+
+
+def im2col_conv(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
+    """3x3 SAME convolution of float32 ``x`` ``(N, H, W, C)`` as three GEMMs with bfloat16
+    operands and float32 accumulation; ``w`` is ``kernel_for("im2col_bf16", k)`` ``(3, 3C, O)``.
+
+    Only the three column shifts are gathered (``(N, H+2, W, 3C)``, a third of a full im2col's
+    memory); the row shifts are views of it, one GEMM each with K = 3C."""
+    n, h, wd, c = x.shape
+    xp = jnp.pad(x.astype(jnp.bfloat16), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = jnp.concatenate([xp[:, :, j : j + wd] for j in range(3)], axis=-1)
+    out = None
+    for i in range(3):
+        y = jnp.dot(cols[:, i : i + h], w[i], preferred_element_type=jnp.float32)
+        out = y if out is None else out + y
+    return out
 
 
 def flip_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
@@ -241,8 +295,8 @@ def flip_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
 
 def prepare_params(params: dict, plan: Sequence[tuple[str, str, str]]) -> dict:
     """Add, once per run, what each convolution of ``plan`` needs besides the bias: ``fwd``
-    (the Winograd-transformed kernel, which replaces ``kernel``) and ``bwd`` (the input-gradient
-    kernel, flipped, or its Winograd transform). Inside the step XLA would otherwise redo these
+    (the kernel in its implementation's form, :func:`kernel_for`, replacing ``kernel``) and
+    ``bwd`` (the input-gradient kernel, flipped, in its form). Inside the step XLA would otherwise redo these
     transposes on every call (~10% of a 256 px step on the CPU), as the weights are arguments,
     not constants."""
     return _prepare_jit()(params, tuple(tuple(p) for p in plan))
@@ -252,18 +306,15 @@ def prepare_params(params: dict, plan: Sequence[tuple[str, str, str]]) -> dict:
 def _prepare_jit():
     import jax
 
-    from nst.backbones import winograd
-
     def prepare(params: dict, plan: tuple) -> dict:
         out = {k: dict(v) for k, v in params.items()}
         for name, fwd, bwd in plan:
             if name not in out:
                 continue
-            k = jnp.asarray(out[name]["kernel"])
-            kt = flip_kernel(k)
-            out[name]["bwd"] = winograd.transform_kernel(kt) if bwd == "winograd" else kt
-            if fwd == "winograd":  # the step never reads the kernel itself: don't carry it
-                out[name]["fwd"] = winograd.transform_kernel(k)
+            k = jnp.asarray(out[name]["kernel"], jnp.float32)
+            out[name]["bwd"] = kernel_for(bwd, flip_kernel(k))
+            if fwd != "xla":  # the step never reads the kernel itself: don't carry it
+                out[name]["fwd"] = kernel_for(fwd, k)
                 del out[name]["kernel"]
         return out
 
@@ -272,14 +323,15 @@ def _prepare_jit():
 
 
 def conv_impl(impl: str, x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
-    """3x3 SAME convolution of ``x`` by ``impl``: ``w`` is the HWIO kernel for xla, its
-    :func:`nst.backbones.winograd.transform_kernel` for winograd."""
+    """3x3 SAME convolution of ``x`` by ``impl`` with ``w = kernel_for(impl, kernel)``."""
     import jax
 
-    if impl == "winograd":
+    if impl in ("winograd", "winograd_bf16"):
         from nst.backbones import winograd
 
         return winograd.conv3x3(x, w)
+    if impl == "im2col_bf16":
+        return im2col_conv(x, w)
     return jax.lax.conv_general_dilated(
         x, w.astype(x.dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
@@ -335,7 +387,7 @@ def _make_conv():
 def conv3x3(x: jnp.ndarray, p: dict, impls: tuple[str, str]) -> jnp.ndarray:
     """3x3 SAME convolution (no bias) of ``x`` ``(N, H, W, C_in)`` with the prepared params ``p``
     of one layer (:func:`prepare_params`), forward and input gradient by ``impls``."""
-    w_fwd = p["fwd"] if impls[0] == "winograd" else p["kernel"]
+    w_fwd = p["kernel"] if impls[0] == "xla" else p["fwd"]
     return _make_conv()(x, w_fwd, p["bwd"], tuple(impls))
 
 
@@ -631,10 +683,21 @@ class VGGBackbone(Backbone):
             dtype=jnp.dtype(spec.dtype),
             remat=spec.remat,
             outputs=tuple(outputs),
-            conv_plan=conv_plan(self.name, spec.conv, jax.default_backend()),
+            conv_plan=self.plan(spec, self.deepest_layer(outputs), jax.default_backend()),
             strip_blocks=self.strip_blocks(spec, loss),
             strip_rows=spec.strip_rows,
         )
+
+    def plan(self, spec: BackboneSpec, last_layer: str, backend: str) -> tuple:
+        """The conv plan for ``spec``: :func:`conv_plan`, or with ``compute_dtype=auto`` on a
+        CPU with bf16 units and a known image size, the measured one (:mod:`.tune`)."""
+        if spec.compute_dtype == "auto" and backend == "cpu" and spec.step_hw is not None:
+            from nst.backbones import tune
+
+            if tune.bf16_units():
+                return tune.tuned_plan(self.name, spec.conv, spec.step_hw, last_layer)
+        dtype = "float32" if spec.compute_dtype == "auto" else spec.compute_dtype
+        return conv_plan(self.name, spec.conv, backend, dtype)
 
     def strip_blocks(self, spec: BackboneSpec, loss: Any) -> int:
         """With remat, the leading blocks (up to STRIP_BLOCKS_MAX) whose layers the loss reads

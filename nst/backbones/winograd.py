@@ -11,6 +11,10 @@ On XLA:CPU the GEMMs run about as fast per FLOP as its direct convolution, so la
 more than the multiplies they save (``nst-bench --conv-layers`` times each layer). The kernel
 transform G g G^T depends only on the weights, so it is computed once per run
 (:func:`transform_kernel`), never per step.
+
+F(2x2, 3x3) (16 GEMMs from 4x4 tiles, 2.25x fewer multiplies) is the form for bfloat16 GEMM
+operands: F(4x4, 3x3)'s larger transform coefficients amplify bf16 rounding about 6x (relative
+error ~2% against ~0.3%; tests/test_winograd.py measures both).
 """
 
 from __future__ import annotations
@@ -48,16 +52,22 @@ AT = np.array(
     [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
     np.float64,
 )
-M_OUT, TILE = 4, 6  # output tile 4x4 from input tile 6x6
+# F(2x2, 3x3) with interpolation points 0, 1, -1, inf: Lavin & Gray 2016, Sec. 4.1.
+BT2 = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
+G2 = np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]], np.float64)
+AT2 = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+# Output tile size m -> (B^T, G, A^T); the input tile is m + 2.
+ALGORITHMS = {4: (BT, G, AT), 2: (BT2, G2, AT2)}
+M_OUT, TILE = 4, 6  # the default: output tile 4x4 from input tile 6x6
 
 
-def transform_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
-    """``(3, 3, C_in, C_out)`` HWIO kernel -> ``(36, C_in, C_out)``: G g G^T per channel pair,
-    stored column-transform-major (index ``6*j + i`` for row point i, column point j), the order
-    :func:`input_transform` produces."""
-    g = jnp.asarray(G, jnp.float32)
+def transform_kernel(kernel: jnp.ndarray, m: int = M_OUT) -> jnp.ndarray:
+    """``(3, 3, C_in, C_out)`` HWIO kernel -> ``(t*t, C_in, C_out)`` (``t = m + 2``): G g G^T per
+    channel pair, stored column-transform-major (index ``t*j + i`` for row point i, column point
+    j), the order :func:`input_transform` produces."""
+    g = jnp.asarray(ALGORITHMS[m][1], jnp.float32)
     u = jnp.einsum("ik,klco,jl->jico", g, kernel.astype(jnp.float32), g)
-    return u.reshape(TILE * TILE, *u.shape[2:])
+    return u.reshape((m + 2) ** 2, *u.shape[2:])
 
 
 def _combine(coefs: Sequence[float], xs: Sequence[jnp.ndarray]) -> jnp.ndarray:
@@ -73,43 +83,59 @@ def _combine(coefs: Sequence[float], xs: Sequence[jnp.ndarray]) -> jnp.ndarray:
     return out
 
 
-def input_transform(x: jnp.ndarray) -> jnp.ndarray:
-    """``(N, H, W, C)`` -> ``(36, N*th*tw, C)``: B^T d B of every 6x6 tile (stride 4) of the
-    input padded by 1 (SAME), ``th = ceil(H/4)``, ``tw = ceil(W/4)``.
+def input_transform(x: jnp.ndarray, m: int = M_OUT) -> jnp.ndarray:
+    """``(N, H, W, C)`` -> ``(t*t, N*th*tw, C)``: B^T d B of every t x t tile (``t = m + 2``,
+    stride m) of the input padded by 1 (SAME), ``th = ceil(H/m)``, ``tw = ceil(W/m)``.
 
-    Separable: 6 strided row views stacked and multiplied by B^T (one small GEMM), then the same
-    along columns. Written as two dots rather than 36 unrolled sums, it compiles ~5x faster and
-    runs as fast (a 6-row operand keeps every stacked axis leading, so nothing is transposed)."""
+    Separable: t strided row views stacked and multiplied by B^T (one small GEMM), then the same
+    along columns. Written as two dots rather than t*t unrolled sums, it compiles ~5x faster and
+    runs as fast (a t-row operand keeps every stacked axis leading, so nothing is transposed)."""
     n, h, w, c = x.shape
-    th, tw = -(-h // M_OUT), -(-w // M_OUT)
-    bt = jnp.asarray(BT, x.dtype)
-    xp = jnp.pad(x, ((0, 0), (1, M_OUT * th + 1 - h), (1, M_OUT * tw + 1 - w), (0, 0)))
-    rows = jnp.stack([xp[:, a : a + M_OUT * th : M_OUT] for a in range(TILE)])  # (a,n,th,Wp,c)
+    tile = m + 2
+    th, tw = -(-h // m), -(-w // m)
+    bt = jnp.asarray(ALGORITHMS[m][0], x.dtype)
+    xp = jnp.pad(x, ((0, 0), (1, m * th + 1 - h), (1, m * tw + 1 - w), (0, 0)))
+    rows = jnp.stack([xp[:, a : a + m * th : m] for a in range(tile)])  # (a,n,th,Wp,c)
     t = jnp.tensordot(bt, rows, 1)  # (i, n, th, Wp, c)
-    cols = jnp.stack([t[:, :, :, b : b + M_OUT * tw : M_OUT] for b in range(TILE)])
+    cols = jnp.stack([t[:, :, :, b : b + m * tw : m] for b in range(tile)])
     v = jnp.tensordot(bt, cols, 1)  # (j, i, n, th, tw, c)
-    return v.reshape(TILE * TILE, n * th * tw, c)
+    return v.reshape(tile * tile, n * th * tw, c)
 
 
-def output_transform(m: jnp.ndarray, n: int, h: int, w: int) -> jnp.ndarray:
-    """``(36, N*th*tw, C)`` -> ``(N, H, W, C)``: A^T m A per tile, tiles put back in place."""
-    th, tw = -(-h // M_OUT), -(-w // M_OUT)
-    c = m.shape[-1]
-    s = jnp.dot(jnp.asarray(AT, m.dtype), m.reshape(TILE, -1))  # over columns j
-    s = s.reshape(M_OUT, TILE, n, th, tw, c)  # (q, i, ...)
-    y = jnp.stack([_combine(AT[p], [s[:, i] for i in range(TILE)]) for p in range(M_OUT)])
+def output_transform(mm: jnp.ndarray, n: int, h: int, w: int, m: int = M_OUT) -> jnp.ndarray:
+    """``(t*t, N*th*tw, C)`` -> ``(N, H, W, C)``: A^T mm A per tile, tiles put back in place."""
+    tile = m + 2
+    at = ALGORITHMS[m][2]
+    th, tw = -(-h // m), -(-w // m)
+    c = mm.shape[-1]
+    s = jnp.dot(jnp.asarray(at, mm.dtype), mm.reshape(tile, -1))  # over columns j
+    s = s.reshape(m, tile, n, th, tw, c)  # (q, i, ...)
+    y = jnp.stack([_combine(at[p], [s[:, i] for i in range(tile)]) for p in range(m)])
     y = y.transpose(2, 3, 0, 4, 1, 5)  # (p, q, n, th, tw, c) -> (n, th, p, tw, q, c)
-    return y.reshape(n, M_OUT * th, M_OUT * tw, c)[:, :h, :w]
+    return y.reshape(n, m * th, m * tw, c)[:, :h, :w]
 
 
 def conv3x3(x: jnp.ndarray, u: jnp.ndarray) -> jnp.ndarray:
     """3x3 stride-1 SAME convolution of ``x`` ``(N, H, W, C_in)`` with the transformed kernel
-    ``u = transform_kernel(k)`` ``(36, C_in, C_out)``; equals ``lax.conv_general_dilated(x, k)``
-    up to float rounding (relative error ~1e-5 in float32)."""
+    ``u = transform_kernel(k, m)`` ``((m+2)^2, C_in, C_out)`` (m read from its shape); equals
+    ``lax.conv_general_dilated(x, k)`` up to float rounding (relative error ~1e-5 in float32).
+
+    A bfloat16 ``u`` with a float32 ``x`` is the mixed-precision form: the transforms run in
+    float32, the channel GEMMs take bfloat16 operands and accumulate in float32 (the CPU's bf16
+    matrix units), and the result is float32."""
     n, h, w, _ = x.shape
-    v = input_transform(x)
-    m = lax.dot_general(v, u.astype(v.dtype), (((2,), (1,)), ((0,), (0,))))
-    return output_transform(m, n, h, w)
+    m = {36: 4, 16: 2}[u.shape[0]]
+    v = input_transform(x, m)
+    if u.dtype == jnp.bfloat16 and v.dtype == jnp.float32:
+        mm = lax.dot_general(
+            v.astype(jnp.bfloat16),
+            u,
+            (((2,), (1,)), ((0,), (0,))),
+            preferred_element_type=jnp.float32,
+        )
+    else:
+        mm = lax.dot_general(v, u.astype(v.dtype), (((2,), (1,)), ((0,), (0,))))
+    return output_transform(mm, n, h, w, m)
 
 
 __all__ = ["conv3x3", "input_transform", "output_transform", "transform_kernel"]

@@ -1,0 +1,128 @@
+"""backbone.compute_dtype: the measured per-layer plan (auto), its cache, the float32 plan on CPUs
+without bf16 units, and the quality of a bf16-compute run against float32 (parity)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nst.backbones import BackboneSpec, tune, vgg
+from nst.engine import LossSpec, make_model
+
+LOSS = LossSpec(content_layers={"relu2_2": 1.0}, style_layers={"relu1_1": 1.0, "relu3_1": 1.0})
+
+
+def fake_timer(calls: list):
+    """A deterministic clock: bf16 forms win on layers with >= 128 input channels, XLA below."""
+
+    def time_conv(impl, shape, reps=5):
+        calls.append((impl, shape))
+        h, w, cin, cout = shape
+        wide = cin >= 128
+        return {
+            "xla": 3.0,
+            "winograd": 2.0,
+            "winograd_bf16": 1.0 if wide else 4.0,
+            "im2col_bf16": 5.0,
+        }[impl]
+
+    return time_conv
+
+
+def test_tuned_plan_picks_the_fastest_form_per_direction_and_caches(tmp_path, monkeypatch, capsys):
+    calls: list = []
+    monkeypatch.setattr(tune, "time_conv", fake_timer(calls))
+    cache = tmp_path / "plans.json"
+    plan = tune.tuned_plan("vgg16", "auto", (40, 56), "relu3_1", cache=cache)
+    got = {n: (f, b) for n, f, b in plan}
+    assert list(got) == ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"]
+    assert got["conv1_1"] == ("xla", "xla")  # the image layer is never timed
+    assert got["conv1_2"] == ("winograd", "winograd")  # 64 -> 64: f32 Winograd is fastest
+    # conv2_1 is 64 -> 128: forward reads 64 channels (f32 wins), its input gradient 128 (bf16)
+    assert got["conv2_1"] == ("winograd", "winograd_bf16")
+    assert got["conv3_1"] == ("winograd_bf16", "winograd_bf16")
+    # Each distinct (size, channels) is timed once per candidate; shapes are per layer's size.
+    assert len(calls) == len(set(calls))
+    assert ("xla", (20, 28, 64, 128)) in calls and ("xla", (10, 14, 128, 256)) in calls
+    assert "timing 4 convolution forms per layer" in capsys.readouterr().err
+    # Cached: the second call measures nothing and says nothing.
+    monkeypatch.setattr(tune, "time_conv", lambda *a, **k: pytest.fail("measured again"))
+    assert tune.tuned_plan("vgg16", "auto", (40, 56), "relu3_1", cache=cache) == plan
+    assert capsys.readouterr().err == ""
+    (key,) = json.loads(cache.read_text())
+    assert "40x56" in key and "vgg16" in key and "relu3_1" in key
+    # backbone.conv limits the candidates.
+    calls.clear()
+    monkeypatch.setattr(tune, "time_conv", fake_timer(calls))
+    xla_only = tune.tuned_plan("vgg16", "xla", (40, 56), "relu3_1", cache=cache)
+    assert {i for _, f, b in xla_only for i in (f, b)} <= {"xla", "im2col_bf16"}
+    assert {impl for impl, _ in calls} == {"xla", "im2col_bf16"}
+
+
+def test_unwritable_cache_still_gives_a_plan(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "time_conv", fake_timer([]))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    plan = tune.tuned_plan("vgg16", "auto", (16, 16), "relu2_1", cache=blocker / "plans.json")
+    assert dict((n, f) for n, f, _ in plan)["conv2_1"] == "winograd"
+
+
+def test_time_conv_measures_a_real_convolution():
+    for impl in vgg.CONV_IMPLS:
+        t = tune.time_conv(impl, (6, 8, 16, 16), reps=2)
+        assert 0 < t < 10
+
+
+def test_auto_is_float32_without_bf16_units_or_size(monkeypatch):
+    """On CPUs without bf16 matrix units compute_dtype=auto measures nothing and runs the
+    float32 plan (nothing gets slower there); so does a network built without an image size."""
+    monkeypatch.setattr(tune, "time_conv", lambda *a, **k: pytest.fail("measured"))
+    f32 = make_model(BackboneSpec(), LOSS).conv_plan
+    monkeypatch.setattr(tune, "cpu_flags", lambda: {"avx2", "fma"})
+    assert tune.bf16_units() == []
+    assert make_model(BackboneSpec(compute_dtype="auto"), LOSS, (32, 32)).conv_plan == f32
+    monkeypatch.setattr(tune, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16"})
+    assert tune.bf16_units() == ["amx_bf16", "avx512_bf16"]
+    assert make_model(BackboneSpec(compute_dtype="auto"), LOSS).conv_plan == f32
+
+
+def test_auto_with_bf16_units_uses_the_measured_plan(tmp_path, monkeypatch):
+    monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tune, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(tune, "time_conv", fake_timer([]))
+    model = make_model(BackboneSpec(compute_dtype="auto"), LOSS, (32, 48))
+    assert dict((n, f) for n, f, _ in model.conv_plan)["conv3_1"] == "winograd_bf16"
+    assert (tmp_path / tune.CACHE_FILE).is_file()
+    forced = make_model(BackboneSpec(compute_dtype="bfloat16"), LOSS, (32, 48))
+    assert vgg.uses_bf16(forced.conv_plan)
+
+
+def test_squeezenet_refuses_bf16_compute():
+    from nst.api import load_config
+    from nst.errors import ConfigError
+    from nst.spec import RunSpec
+
+    cfg = load_config(["experiment=seeds/cs231n", "backbone.compute_dtype=bfloat16"])
+    with pytest.raises(ConfigError, match="compute_dtype=bfloat16 is for VGG backbones"):
+        RunSpec.from_config(cfg)
+
+
+def test_bf16_compute_run_matches_float32_quality():
+    """Parity at a small size: the embedded VGG16 on the default pair, float32 against bf16
+    products (forced, so it runs on any CPU). The final style and content losses agree within 2%
+    (docs/performance.md has the 256 px / 300 step measurement) and the images closely."""
+    import nst
+
+    kw = dict(size=64, steps=100, progress=False, eval={"enabled": False})
+    f32 = nst.stylize(**kw)
+    bf16 = nst.stylize(**kw, backbone={"compute_dtype": "bfloat16"})
+    for k in ("style", "content"):
+        a, b = f32.final[k], bf16.final[k]
+        assert abs(b - a) <= 0.02 * a, (k, a, b)
+    # The images: bf16 moved the pixels far less than the stylization itself did.
+    content = nst.stylize(**{**kw, "steps": 0}).image.astype(np.float64)
+    change = np.abs(f32.image - content).mean()
+    diff = np.abs(f32.image.astype(np.float64) - bf16.image).mean()
+    assert diff < 0.2 * change, (diff, change)
