@@ -75,21 +75,34 @@ def conv_flops(arch: str, last_layer: str, h: int, w: int) -> int:
 # Winograd F(4x4, 3x3) multiplies per 4x4 output tile: 6*6 = 36 against 16*9 = 144 for the
 # direct convolution (Lavin & Gray 2016, Sec. 4.2).
 WINOGRAD_MULT_FRACTION = 36 / 144
+# ... and F(2x2, 3x3), the bf16 form: 16 per 2x2 tile against 4*9.
+WINOGRAD_FRACTION = {"winograd": WINOGRAD_MULT_FRACTION, "winograd_bf16": 16 / 36}
 
 
-def floor_flops(arch: str, last_layer: str, h: int, w: int, conv: str = "auto") -> int:
+def floor_flops(
+    arch: str,
+    last_layer: str,
+    h: int,
+    w: int,
+    conv: str = "auto",
+    plan: Sequence[tuple[str, str, str]] | None = None,
+) -> int:
     """The multiply-add FLOPs one step cannot avoid with the convolution algorithms it uses:
-    :func:`conv_flops`, with each Winograd layer (per :func:`nst.backbones.vgg.conv_plan`) counted at its
-    GEMMs' 36/144 of the direct cost and its transforms, Grams, pooling and the optimizer free."""
+    :func:`conv_flops`, with each Winograd layer (per ``plan``, default
+    :func:`nst.backbones.vgg.conv_plan`) counted at its GEMMs' share of the direct cost
+    (F(4x4,3x3) 36/144, F(2x2,3x3) 16/36) and its transforms, Grams, pooling and the optimizer
+    free."""
     import jax
 
     from nst.backbones.vgg import conv_plan
 
-    plan = {name: (fwd, bwd) for name, fwd, bwd in conv_plan(arch, conv, jax.default_backend())}
+    if plan is None:
+        plan = conv_plan(arch, conv, jax.default_backend())
+    impls = {name: (fwd, bwd) for name, fwd, bwd in plan}
     total = 0.0
     for name, direct in _direct_conv_flops(arch, last_layer, h, w).items():
-        for impl in plan[name]:  # forward, input gradient
-            total += direct * (WINOGRAD_MULT_FRACTION if impl == "winograd" else 1.0)
+        for impl in impls[name]:  # forward, input gradient
+            total += direct * WINOGRAD_FRACTION.get(impl, 1.0)
     return int(total)
 
 
@@ -100,7 +113,8 @@ def gemm_flops_per_s(n: int = 2048, calls: int = 7, dtype: str = "float32") -> f
     import jax.numpy as jnp
 
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
-    f = jax.jit(lambda x: x @ x).lower(a).compile()
+    # bf16 operands accumulate in float32, as the bf16 convolution products do.
+    f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32)).lower(a).compile()
     f(a).block_until_ready()
     times = []
     for _ in range(calls):
@@ -181,9 +195,11 @@ def bench_jax(
     steps_per_call: int = 0,
     batch: int = 0,
     conv: str = "auto",
+    compute_dtype: str = "float32",
 ) -> dict[str, Any]:
     """Time the jitted step of one configuration. ``batch`` > 0 times the batched grid step
-    (``batch`` images with their own α/β in one program, :mod:`nst.batch`)."""
+    (``batch`` images with their own α/β in one program, :mod:`nst.batch`). ``compute_dtype``
+    as ``backbone.compute_dtype`` (``auto`` measures its plan first, outside the timings)."""
     import jax
 
     from nst.backbones import BackboneSpec
@@ -197,7 +213,9 @@ def bench_jax(
     # At least 5 timed calls, so the spread means something also when calls hold 10 steps.
     calls = max(5, -(-steps // k))
     content, style, inits = _inputs(size, max(batch, 1))
-    backbone = BackboneSpec(arch=arch, dtype=dtype, remat=remat, conv=conv)
+    backbone = BackboneSpec(
+        arch=arch, dtype=dtype, remat=remat, conv=conv, compute_dtype=compute_dtype
+    )
     loss = LossSpec()
     prog = build(
         backbone, loss, OptimizerSpec(), random_params(arch, 0), content, style, batch=batch or None
@@ -231,6 +249,9 @@ def bench_jax(
         "dtype": dtype,
         "remat": remat,
         "conv": conv,
+        "compute_dtype": compute_dtype,
+        # How many convolution passes (forward, input gradient) ran in each form.
+        "plan": _plan_counts(prog.model, prog.params),
         "batch": batch,
         "backend": backend,
         "device": dev,
@@ -253,6 +274,16 @@ def bench_jax(
         row["device_peak_bytes"] = _device_peak(jax.devices()[0])
         row["peak_bytes"] = row.get("xla_total_bytes")
     return row
+
+
+def _plan_counts(model: Any, params: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name, fwd, bwd in getattr(model, "conv_plan", ()) or ():
+        if name not in params:
+            continue  # beyond the deepest layer the loss reads
+        for impl in (fwd, bwd):
+            counts[impl] = counts.get(impl, 0) + 1
+    return counts
 
 
 def _rates(row: dict, flops: int, images: int, dtype: str, dev: str) -> dict[str, Any]:
@@ -449,7 +480,7 @@ def max_size(arch: str, budget_bytes: int, *, remat: bool, lo: int = 256, hi: in
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table of benchmark rows."""
     head = (
-        "| impl | backbone | size (HxW) | dtype | remat | batch | device | conv | compile s "
+        "| impl | backbone | size (HxW) | dtype | remat | batch | device | conv (compute) | compile s "
         "| step ms (p10-p90) | steps/s | MPix·steps/s | GFLOP/step | TFLOP/s | MFU | peak MiB "
         "| jax/torch |"
     )
@@ -461,13 +492,37 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['impl']} | {r['backbone']} | {r['h']}x{r['w']} | {r['dtype']} | "
             f"{'yes' if r['remat'] else 'no'} | {r['batch'] or 1} | {r['backend']}:{r['device']} | "
-            f"{r.get('conv', '-')} | {r['compile_s']:.1f} | {1e3 * r['step_s_median']:.1f} "
+            f"{_conv_label(r)} | {r['compile_s']:.1f} | {1e3 * r['step_s_median']:.1f} "
             f"({1e3 * r['step_s_p10']:.1f}-{1e3 * r['step_s_p90']:.1f}) | "
             f"{r['steps_per_s']:.2f} | {r['mpix_steps_per_s']:.3f} | "
             f"{r['flops_per_step'] / 1e9:.1f} | {r['flops_per_s'] / 1e12:.3f} | {mfu} | {peak} "
             f"| {ratio} |"
         )
     return "\n".join(lines)
+
+
+def roofline_line() -> str:
+    """The CPU's matrix rates, measured now: float32 and bf16 operands with float32 accumulation
+    (what the bf16 convolution products run at), and which bf16 units the CPU has."""
+    from nst.backbones import tune
+
+    f32 = gemm_flops_per_s(dtype="float32")
+    bf16 = gemm_flops_per_s(dtype="bfloat16")
+    units = ", ".join(tune.bf16_units()) or "no bf16 units"
+    return (
+        f"roofline ({tune.cpu_name()}, {units}): 2048^2 GEMM float32 {f32 / 1e9:.0f} GFLOP/s, "
+        f"bf16 operands / f32 accumulation {bf16 / 1e9:.0f} GFLOP/s ({bf16 / f32:.2f}x)"
+    )
+
+
+def _conv_label(r: dict[str, Any]) -> str:
+    if "conv" not in r:
+        return r.get("torch_variant", "-")
+    plan = r.get("plan") or {}
+    bf16 = sum(n for impl, n in plan.items() if impl.endswith("_bf16"))
+    compute = r.get("compute_dtype", "float32")
+    mix = f", {bf16}/{sum(plan.values())} bf16" if compute == "auto" and plan else ""
+    return f"{r['conv']} ({compute}{mix})"
 
 
 def conv_layer_bench(arch: str, size: int, steps: int = 10) -> list[dict[str, Any]]:
@@ -588,6 +643,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="convolution implementations to time (backbone.conv)",
     )
     ap.add_argument(
+        "--compute-dtype",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "bfloat16", "auto"],
+        help="precision of the convolution products to time (backbone.compute_dtype)",
+    )
+    ap.add_argument(
         "--conv-layers",
         action="store_true",
         help="also time every convolution alone, forward and input-gradient, xla vs winograd",
@@ -635,17 +697,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             for dtype in args.dtype:
                 for remat in remats:
                     for conv in args.conv:
-                        r = bench_jax(
-                            arch,
-                            size,
-                            dtype=dtype,
-                            steps=args.steps,
-                            warmup=args.warmup,
-                            remat=remat,
-                            steps_per_call=args.steps_per_call,
-                            conv=conv,
-                        )
-                        jax_rows.append(r)
+                        for compute in args.compute_dtype:
+                            r = bench_jax(
+                                arch,
+                                size,
+                                dtype=dtype,
+                                steps=args.steps,
+                                warmup=args.warmup,
+                                remat=remat,
+                                steps_per_call=args.steps_per_call,
+                                conv=conv,
+                                compute_dtype=compute,
+                            )
+                            jax_rows.append(r)
             if args.compare_torch:
                 torch_rows = [
                     bench_torch(
@@ -714,6 +778,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print()
     print(table(rows))
+    if rows and backend == "cpu":
+        print("\n" + roofline_line())
     if conv_rows:
         print()
         print(conv_table(conv_rows))

@@ -298,6 +298,8 @@ def _run(
                     "arch": backbone.arch,
                     "pooling": backbone.pooling,
                     "preprocessing": backbone.preprocessing,
+                    "conv": backbone.conv,
+                    "compute_dtype": backbone.compute_dtype,
                     **winfo,
                 },
                 "content": {

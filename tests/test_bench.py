@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from nst import bench
-from nst.backbones.vgg import conv_shapes
+from nst.backbones.vgg import conv_plan, conv_shapes
 from tests.conftest import REPO
 
 
@@ -39,12 +39,17 @@ def test_floor_flops_counts_winograd_layers_at_a_quarter():
     )
     expect = block1 + (direct - block1) / 4
     assert bench.floor_flops("vgg16", "relu5_1", h, w, conv="auto") == pytest.approx(expect, 1e-9)
+    # bf16 products: F(2x2,3x3) Winograd at 16/36, the im2col form (block 1 but the first) direct.
+    plan = conv_plan("vgg16", "auto", "cpu", "bfloat16")
+    bf16 = bench.floor_flops("vgg16", "relu5_1", h, w, plan=plan)
+    assert bf16 == pytest.approx(block1 + (direct - block1) * 16 / 36, 1e-9)
 
 
 @pytest.mark.slow  # ~42s on a Zen 3 core pair: kept out of the default suite, run by CI's slow step
 def test_bench_command_writes_json_lines_and_table(tmp_path):
     out = tmp_path / "bench.jsonl"
     args = ["--sizes", "64", "--steps", "3", "--warmup", "1", "--grid", "2", "--out", str(out)]
+    args += ["--compute-dtype", "float32", "bfloat16"]
     torch = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode
     if torch == 0:
         args.append("--compare-torch")
@@ -66,8 +71,12 @@ def test_bench_command_writes_json_lines_and_table(tmp_path):
         g["sequential"]["step_s_median"] / g["floor_s_per_image_step"]
     )
     jax_rows = [r for r in rows if r["impl"] == "jax"]
-    assert len(jax_rows) == 1
-    r = jax_rows[0]
+    assert [x["compute_dtype"] for x in jax_rows] == ["float32", "bfloat16"]
+    r, r16 = jax_rows
+    assert set(r["plan"]) <= {"xla", "winograd"} and sum(r["plan"].values()) == 2 * 10
+    assert r16["plan"] == {"xla": 2, "im2col_bf16": 2, "winograd_bf16": 16}
+    assert "| auto (bfloat16) |" in p.stdout
+    assert "bf16 operands / f32 accumulation" in p.stdout and "roofline (" in p.stdout
     assert (r["h"], r["w"], r["dtype"]) == (48, 64, "float32")
     assert r["step_s_p10"] <= r["step_s_median"] <= r["step_s_p90"]
     assert r["flops_per_step"] == bench.conv_flops("vgg16", "relu5_1", 48, 64)
