@@ -28,6 +28,7 @@ from nst.engine import (
     drive_calls,
     learning_rate_fn,
     metric_order,
+    planned,
     stylize,
 )
 from nst.tracking.base import MetricWriter
@@ -262,4 +263,5 @@ def stylize_batch(
     for out, scale in zip(outs, scales, strict=True):
         if isinstance(out, RunResult):
             out.balance_scale = scale
+            out.conv_plan = planned(prog)
     return outs

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from nst import hostmem
+from nst.backbones import COMPUTE_DTYPES
 
 # Peak dense FLOP/s of known accelerators (vendor datasheets, dense, no sparsity), for MFU.
 PEAK_FLOPS = {
@@ -260,7 +261,9 @@ def bench_jax(
         "compile_s": compile_s,
         **_summary(times),
     }
-    row.update(_rates(row, flops, images_per_step, dtype, dev))
+    # MFU against the peak of the precision the products run in.
+    peak_dtype = "bfloat16" if dtype == "bfloat16" or compute_dtype == "bfloat16" else "float32"
+    row.update(_rates(row, flops, images_per_step, peak_dtype, dev))
     if mem is not None:
         row["xla_temp_bytes"] = int(mem.temp_size_in_bytes)
         row["xla_total_bytes"] = int(
@@ -646,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--compute-dtype",
         nargs="+",
         default=["float32"],
-        choices=["float32", "bfloat16", "auto"],
+        choices=list(COMPUTE_DTYPES),
         help="precision of the convolution products to time (backbone.compute_dtype)",
     )
     ap.add_argument(

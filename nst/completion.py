@@ -179,6 +179,18 @@ def key_tree() -> dict:
             node = node.setdefault(p, {})
         node[leaf] = PATH
     tree.pop("figure", None)  # set by the paper-figure experiments, not typed by hand
+    # String keys with a fixed set of values (plain str in the schema, checked when read).
+    from nst.backbones import COMPUTE_DTYPES, CONV_CHOICES, DTYPES
+
+    backbone = tree.get("backbone")
+    if isinstance(backbone, dict):
+        for key, values in (
+            ("conv", CONV_CHOICES),
+            ("compute_dtype", COMPUTE_DTYPES),
+            ("dtype", DTYPES),
+        ):
+            if key in backbone:
+                backbone[key] = list(values)
     return tree
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any
 
 # The lock file of the device this process took: kept open (and locked) until the process exits.
 _held: dict[str, tuple[int, IO[str]]] = {}
+_lock = threading.Lock()
 
 
 def _nvidia_gpus() -> int:
@@ -29,26 +31,29 @@ def _nvidia_gpus() -> int:
 def claim_slot(n: int, key: str) -> int:
     """The index (``0 <= i < n``) of a device for this process: the lowest one whose lock no
     other process of the sweep ``key`` holds; with more workers than devices, shared in turn."""
-    if key in _held:
-        return _held[key][0]
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locks, spread by process id
-        return os.getpid() % n
-    folder = (
-        Path(tempfile.gettempdir()) / f"nst-devices-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
-    )
-    folder.mkdir(exist_ok=True)
-    for i in range(n):
-        f = open(folder / f"{i}.lock", "w")  # noqa: SIM115 - held open while the process lives
+    with _lock:
+        if key in _held:
+            return _held[key][0]
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            continue
-        _held[key] = (i, f)
-        return i
-    return os.getpid() % n
+            import fcntl
+        except ImportError:  # not POSIX: no locks, spread by process id
+            return os.getpid() % n
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        folder = Path(tempfile.gettempdir()) / f"nst-devices-{digest}"
+        for i in range(n):
+            try:
+                folder.mkdir(exist_ok=True)
+                f = open(folder / f"{i}.lock", "w")  # noqa: SIM115 - held while the process lives
+            except OSError:  # no usable temp directory: spread by process id
+                return os.getpid() % n
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                continue
+            _held[key] = (i, f)
+            return i
+        return os.getpid() % n
 
 
 def use_one_device(key: str) -> str | None:
@@ -59,11 +64,12 @@ def use_one_device(key: str) -> str | None:
     import jax
 
     try:
-        from jax._src.xla_bridge import backends_are_initialized
+        from jax._src import xla_bridge
     except ImportError:  # a JAX without it: treat the backend as started (default device only)
         started = True
     else:
-        started = backends_are_initialized()
+        check = getattr(xla_bridge, "backends_are_initialized", None)
+        started = check() if check else bool(getattr(xla_bridge, "_backends", True))
     if not started:
         n = _nvidia_gpus()
         if n > 1:
@@ -77,4 +83,4 @@ def use_one_device(key: str) -> str | None:
         return None
     device: Any = devices[claim_slot(len(devices), key)]
     jax.config.update("jax_default_device", device)
-    return str(device)
+    return f"{device.platform}:{device.id}"

@@ -446,15 +446,13 @@ class Program:
         the final-loss evaluator, and the seconds compiling took (reported apart from steps)."""
         t0 = time.perf_counter()
         args = (state, self.params, self.targets, weights)
-        step_kw: dict[str, Any] = {}
-        eval_kw: dict[str, Any] = {}
+        kw: dict[str, Any] = {}
         if self.sharded:  # every leaf of the state, the weights and the metrics has a job axis
             jobs, rep = self._shardings()
-            step_kw = {"in_shardings": (jobs, rep, rep, jobs), "out_shardings": jobs}
-            eval_kw = {"in_shardings": (jobs, rep, rep, jobs), "out_shardings": jobs}
-        compiled = compile_calls(self.update_fn, args, ends, start, **step_kw)
+            kw = {"in_shardings": (jobs, rep, rep, jobs), "out_shardings": jobs}
+        compiled = compile_calls(self.update_fn, args, ends, start, **kw)
         fn = self.loss_fn if self.batch is None else jax.vmap(self.loss_fn, (0, None, None, 0))
-        evaluate = jax.jit(fn, **eval_kw).lower(state.image, *args[1:]).compile()
+        evaluate = jax.jit(fn, **kw).lower(state.image, *args[1:]).compile()
         return compiled, evaluate, time.perf_counter() - t0
 
 
@@ -588,6 +586,9 @@ class RunResult:
     sec_per_step: float
     balance_scale: float | None = None  # loss.balance=grad: the factor applied to β
     devices: list[str] = field(default_factory=list)  # where the image was optimized
+    # How each convolution ran: (layer, forward, input gradient) (backbone.compute_dtype=auto
+    # chooses per machine; empty for backbones without a plan).
+    conv_plan: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def stylize(
@@ -689,6 +690,7 @@ def stylize(
     if isinstance(out, Exception):
         raise out
     out.balance_scale = scale
+    out.conv_plan = planned(prog)
     return out
 
 
@@ -824,7 +826,7 @@ def drive_calls(
                 break  # plateau: the image after `done` steps is the result
     optimize_s = time.perf_counter() - t_start
 
-    devices = sorted(str(d) for d in state.image.sharding.device_set)
+    where = _job_devices(state.image, b if batched else None)
     images = np.asarray(jax.device_get(state.image))
     _, final = evaluate(state.image, params, targets, weights)
     final = jax.device_get(final)
@@ -847,9 +849,31 @@ def drive_calls(
             compile_s=compile_s,
             optimize_s=optimize_s,
             sec_per_step=sec,
-            devices=devices,
+            devices=where[j],
         )
     return out
+
+
+def planned(prog: Program) -> list[tuple[str, str, str]]:
+    """The convolutions ``prog``'s network runs, each as (layer, forward, input gradient)."""
+    plan = getattr(prog.model, "conv_plan", ()) or ()
+    return [tuple(p) for p in plan if p[0] in prog.params]  # type: ignore[misc]
+
+
+def device_name(d: Any) -> str:
+    """``cpu:0``, ``cuda:1``: the same across JAX versions (their ``str`` differs)."""
+    return f"{d.platform}:{d.id}"
+
+
+def _job_devices(image: jax.Array, batch: int | None) -> list[list[str]]:
+    """Per job, the devices holding its image: its shard's for a job axis split over devices."""
+    if batch is None:
+        return [[device_name(d) for d in sorted(image.sharding.device_set, key=lambda d: d.id)]]
+    out: list[set[Any]] = [set() for _ in range(batch)]
+    for shard in image.addressable_shards:
+        for j in range(batch)[shard.index[0]]:
+            out[j].add(shard.device)
+    return [[device_name(d) for d in sorted(s, key=lambda d: d.id)] for s in out]
 
 
 def learning_rate_fn(optimizer: OptimizerSpec) -> Callable[[int], dict[str, float]] | None:

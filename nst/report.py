@@ -15,6 +15,7 @@ import csv
 import html
 import io
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -434,12 +435,15 @@ def _wandb_link(job: Job) -> str:
     if not isinstance(sync, str) or not sync:
         return ""
     path = Path(sync) if Path(sync).is_absolute() else Path(job.dir.name) / sync
-    # A resumed offline run has one directory per start: upload them all.
-    if len(list((job.dir / "wandb").glob(f"offline-run-*-{rec.get('id')}"))) > 1:
-        path = Path(job.dir.name) / "wandb" / f"offline-run-*-{rec['id']}"
+    # Quoted for the shell: job directory names hold '=', ',' and brackets.
+    arg = shlex.quote(str(path))
+    # A resumed offline run has one directory per start: upload them all (the * unquoted).
+    run_id = rec.get("id")
+    if run_id and len(list((job.dir / "wandb").glob(f"offline-run-*-{run_id}"))) > 1:
+        stem = shlex.quote(str(Path(job.dir.name) / "wandb" / "offline-run-"))
+        arg = f"{stem}*{shlex.quote(f'-{run_id}')}"
     return (
-        f'<br><span class="wb">W&amp;B offline: <code>wandb sync {html.escape(str(path))}</code>'
-        "</span>"
+        f'<br><span class="wb">W&amp;B offline: <code>wandb sync {html.escape(arg)}</code></span>'
     )
 
 

@@ -300,6 +300,8 @@ def _run(
                     "preprocessing": backbone.preprocessing,
                     "conv": backbone.conv,
                     "compute_dtype": backbone.compute_dtype,
+                    # As [layer, forward, input gradient]: what compute_dtype=auto chose here.
+                    "conv_plan": [list(p) for p in result.conv_plan],
                     **winfo,
                 },
                 "content": {

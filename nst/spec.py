@@ -193,15 +193,20 @@ def _backbone(cfg: DictConfig) -> BackboneSpec:
         remat=bool(b.remat),
         strip_rows=rows,
         conv=str(b.conv),
-        compute_dtype=_compute_dtype(b.get("compute_dtype", "float32")),
+        compute_dtype=_compute_dtype(b.compute_dtype, str(b.dtype)),
     )
 
 
-def _compute_dtype(value: Any) -> str:
+def _compute_dtype(value: Any, dtype: str) -> str:
     v = str(value)
     if v not in COMPUTE_DTYPES:
         raise ConfigError(
             f"backbone.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {v!r}"
+        )
+    if v != "float32" and dtype != "float32":
+        raise ConfigError(
+            f"backbone.compute_dtype={v} needs backbone.dtype=float32 (got {dtype}): it sets the "
+            "precision of the products inside a float32 network"
         )
     return v
 

@@ -182,6 +182,7 @@ def test_batched_launcher_with_pyramid_jobs(tmp_path):
     assert len(list(sweep.glob("*/summary.json"))) == 2
 
 
+FORCE_TWO = "--xla_force_host_platform_device_count=2"  # two CPU devices in one process
 _SHARDED = r"""
 import json, sys
 import jax, numpy as np
@@ -194,20 +195,19 @@ rng = np.random.default_rng(0)
 problem = (content, style, [content.copy(), rng.uniform(0, 255, content.shape).astype(np.float32)],
            random_params("vgg16", 0))
 specs = [(1e2, 0), (1e4, 1)]
-reqs = [_request(problem, b, i, Rows()) for b, i in specs]
+reqs, seqs = ([{**_request(problem, b, i, Rows()), "steps": 3} for b, i in specs] for _ in "ab")
 prog = engine.build(reqs[0]["backbone"], reqs[0]["loss"], reqs[0]["optimizer"], reqs[0]["params"],
                     content, style, batch=2)
 state = prog.init_state(np.stack([r["init"] for r in reqs]))
-weights = prog.weights([r["loss"] for r in reqs])
-compiled, _, _ = prog.compile(state, weights, [1])
-state, _ = compiled[1](state, prog.params, prog.targets, weights)
 out = batch.stylize_batch(reqs)
-seq = [engine.stylize(**_request(problem, b, i, Rows())) for b, i in specs]
+seq = [engine.stylize(**r) for r in seqs]
 print(json.dumps({
     "local_devices": jax.local_device_count(),
     "job_devices": len(prog.devices),
     "state_devices": len(state.image.sharding.device_set),
     "params_devices": len(jax.tree.leaves(prog.params)[0].sharding.device_set),
+    "ran_on": [b.devices for b in out],
+    "alone_on": [s.devices for s in seq],
     "image_diff": max(float(np.abs(b.image - s.image).max()) for b, s in zip(out, seq)),
     "total_rel": max(abs(b.final_metrics["total"] / s.final_metrics["total"] - 1)
                      for b, s in zip(out, seq)),
@@ -223,7 +223,7 @@ def test_batched_jobs_are_sharded_over_local_devices(tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": FORCE_TWO, "JAX_PLATFORMS": "cpu"}
     p = subprocess.run(
         [sys.executable, "-c", _SHARDED, str(root)],
         capture_output=True,
@@ -236,6 +236,7 @@ def test_batched_jobs_are_sharded_over_local_devices(tmp_path):
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["local_devices"] == 2 and r["job_devices"] == 2
     assert r["state_devices"] == 2 and r["params_devices"] == 2
+    assert r["ran_on"] == [["cpu:0"], ["cpu:1"]] and r["alone_on"] == [["cpu:0"], ["cpu:0"]]
     assert r["image_diff"] < 1e-2 and r["total_rel"] < 1e-4
 
 
@@ -254,7 +255,7 @@ def test_joblib_workers_take_one_device_each(tmp_path):
     """With two local devices, each joblib worker optimizes on its own one, and the results are
     those of the same jobs run one after the other."""
     args = ["-m", *FAST, "init=noise", "seed=0,1"]
-    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    two = {"XLA_FLAGS": FORCE_TWO, "JAX_PLATFORMS": "cpu"}
     par, seq = tmp_path / "joblib", tmp_path / "basic"
     p = nst(
         *args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={par}", env=two
@@ -273,3 +274,30 @@ def test_joblib_workers_take_one_device_each(tmp_path):
         np.testing.assert_allclose(
             f2[name]["final"]["total"], f1[name]["final"]["total"], rtol=1e-4
         )
+
+
+def test_each_worker_claims_its_own_device(tmp_path, monkeypatch):
+    """The lowest device no other process of the sweep holds; shared in turn when all are
+    taken; by process id when the temp directory is unusable."""
+    import os
+    import subprocess
+    import sys
+
+    from nst import devices
+
+    monkeypatch.setattr(devices, "_held", {})
+    monkeypatch.setattr(devices.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert devices.claim_slot(2, "sweep-a") == 0
+    assert devices.claim_slot(2, "sweep-a") == 0  # this process keeps its device
+    other = (
+        "import sys, tempfile; tempfile.gettempdir = lambda: sys.argv[1];"
+        "from nst import devices; print(devices.claim_slot(2, 'sweep-a'),"
+        " devices.claim_slot(2, 'sweep-b'))"
+    )
+    p = subprocess.run([sys.executable, "-c", other, str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["1", "0"]  # device 0 is held here; another sweep starts over
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setattr(devices.tempfile, "gettempdir", lambda: str(blocked))
+    assert devices.claim_slot(3, "sweep-c") == os.getpid() % 3

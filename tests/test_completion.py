@@ -57,6 +57,11 @@ def test_keys_from_the_schema_and_internal_groups_hidden():
     assert candidates("nst loss.b") == ["loss.balance=", "loss.beta="]
     assert candidates("nst loss.gram_norm=") == [f"loss.gram_norm={n.value}" for n in Norm]
     assert candidates("nst resume=") == ["resume=true", "resume=false"]
+    from nst.backbones import COMPUTE_DTYPES
+
+    got = candidates("nst backbone.compute_dtype=")
+    assert got == [f"backbone.compute_dtype={v}" for v in COMPUTE_DTYPES]
+    assert candidates("nst backbone.conv=w") == ["backbone.conv=winograd"]
     assert candidates("nst +optimizer.k") == ["+optimizer.kwargs="]
     assert candidates("nst logger.wandb.p") == ["logger.wandb.project="]
     assert candidates("nst hydra.r") == ["hydra.run."]

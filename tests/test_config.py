@@ -197,6 +197,8 @@ def test_compute_dtype_reaches_spec_and_bad_values_fail():
         match="backbone.compute_dtype must be one of float32, bfloat16, auto, got 'fp8'",
     ):
         specs_from_config(_compose(["backbone.compute_dtype=fp8"]))
+    with pytest.raises(ConfigError, match="compute_dtype=auto needs backbone.dtype=float32"):
+        specs_from_config(_compose(["backbone.compute_dtype=auto", "backbone.dtype=bfloat16"]))
 
 
 def test_remat_and_strip_rows_reach_spec_and_bad_values_fail():

@@ -31,9 +31,17 @@ def fake_timer(calls: list):
     return time_conv
 
 
+def network_timer(tuned_wins: bool):
+    def time_network(arch, plan, hw, last_layer, reps=3):
+        return 1.0 if vgg.uses_bf16(plan) == tuned_wins else 2.0
+
+    return time_network
+
+
 def test_tuned_plan_picks_the_fastest_form_per_direction_and_caches(tmp_path, monkeypatch, capsys):
     calls: list = []
     monkeypatch.setattr(tune, "time_conv", fake_timer(calls))
+    monkeypatch.setattr(tune, "time_network", network_timer(tuned_wins=True))
     cache = tmp_path / "plans.json"
     plan = tune.tuned_plan("vgg16", "auto", (40, 56), "relu3_1", cache=cache)
     got = {n: (f, b) for n, f, b in plan}
@@ -52,7 +60,13 @@ def test_tuned_plan_picks_the_fastest_form_per_direction_and_caches(tmp_path, mo
     assert tune.tuned_plan("vgg16", "auto", (40, 56), "relu3_1", cache=cache) == plan
     assert capsys.readouterr().err == ""
     (key,) = json.loads(cache.read_text())
-    assert "40x56" in key and "vgg16" in key and "relu3_1" in key
+    assert "40x56" in key and "vgg16" in key and "relu3_1" in key and "cores" in key
+    # A stale or edited entry (a layer missing, an unknown form) is measured again.
+    data = json.loads(cache.read_text())
+    data[key] = data[key][:-1]
+    cache.write_text(json.dumps(data))
+    monkeypatch.setattr(tune, "time_conv", fake_timer([]))
+    assert tune.tuned_plan("vgg16", "auto", (40, 56), "relu3_1", cache=cache) == plan
     # backbone.conv limits the candidates.
     calls.clear()
     monkeypatch.setattr(tune, "time_conv", fake_timer(calls))
@@ -61,8 +75,24 @@ def test_tuned_plan_picks_the_fastest_form_per_direction_and_caches(tmp_path, mo
     assert {impl for impl, _ in calls} == {"xla", "im2col_bf16"}
 
 
+def test_a_plan_slower_as_a_whole_network_falls_back_to_float32(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "time_conv", fake_timer([]))
+    monkeypatch.setattr(tune, "time_network", network_timer(tuned_wins=False))
+    plan = tune.tuned_plan("vgg16", "auto", (40, 56), "relu3_1", cache=tmp_path / "p.json")
+    used = [name for name, _, _ in plan]
+    assert used[-1] == "conv3_1"
+    assert plan == tuple(p for p in vgg.conv_plan("vgg16", "auto", "cpu") if p[0] in used)
+    assert not vgg.uses_bf16(plan)
+
+
+def test_time_network_runs_the_planned_network():
+    plan = vgg.conv_plan("vgg16", "auto", "cpu", "bfloat16")
+    assert 0 < tune.time_network("vgg16", plan, (16, 24), "relu2_1", reps=1) < 10
+
+
 def test_unwritable_cache_still_gives_a_plan(tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "time_conv", fake_timer([]))
+    monkeypatch.setattr(tune, "time_network", network_timer(tuned_wins=True))
     blocker = tmp_path / "file"
     blocker.write_text("")
     plan = tune.tuned_plan("vgg16", "auto", (16, 16), "relu2_1", cache=blocker / "plans.json")
@@ -92,6 +122,7 @@ def test_auto_with_bf16_units_uses_the_measured_plan(tmp_path, monkeypatch):
     monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tune, "cpu_flags", lambda: {"avx512_bf16"})
     monkeypatch.setattr(tune, "time_conv", fake_timer([]))
+    monkeypatch.setattr(tune, "time_network", network_timer(tuned_wins=True))
     model = make_model(BackboneSpec(compute_dtype="auto"), LOSS, (32, 48))
     assert dict((n, f) for n, f, _ in model.conv_plan)["conv3_1"] == "winograd_bf16"
     assert (tmp_path / tune.CACHE_FILE).is_file()
@@ -107,6 +138,9 @@ def test_squeezenet_refuses_bf16_compute():
     cfg = load_config(["experiment=seeds/cs231n", "backbone.compute_dtype=bfloat16"])
     with pytest.raises(ConfigError, match="compute_dtype=bfloat16 is for VGG backbones"):
         RunSpec.from_config(cfg)
+    # auto means float32 where there is nothing to choose from
+    auto = load_config(["experiment=seeds/cs231n", "backbone.compute_dtype=auto"])
+    assert RunSpec.from_config(auto).backbone.compute_dtype == "auto"
 
 
 def test_bf16_compute_run_matches_float32_quality():

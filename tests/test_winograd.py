@@ -58,6 +58,7 @@ def _rel(a, b) -> float:
         ("winograd_bf16", "winograd_bf16"),
         ("im2col_bf16", "im2col_bf16"),
         ("im2col_bf16", "winograd"),
+        ("xla_bf16", "xla_bf16"),
     ],
 )
 def test_planned_conv_value_and_input_gradient(impls):
@@ -129,6 +130,9 @@ def test_conv_plan_rules():
     bf16 = {n: (f, b) for n, f, b in vgg.conv_plan("vgg16", "auto", "cpu", "bfloat16")}
     assert bf16["conv1_1"] == ("xla", "xla") and bf16["conv1_2"] == ("im2col_bf16",) * 2
     assert bf16["conv2_1"] == bf16["conv5_3"] == ("winograd_bf16",) * 2
+    # On accelerators XLA's convolution (cuDNN) stays, with bf16 operands.
+    gpu16 = {n: (f, b) for n, f, b in vgg.conv_plan("vgg16", "auto", "gpu", "bfloat16")}
+    assert gpu16["conv1_1"] == ("xla", "xla") and gpu16["conv5_1"] == ("xla_bf16",) * 2
     assert vgg.uses_bf16(tuple(vgg.conv_plan("vgg16", "xla", "cpu", "bfloat16")))
     assert not vgg.uses_bf16(vgg.conv_plan("vgg16", "auto", "cpu", "auto"))  # unmeasured: f32
 

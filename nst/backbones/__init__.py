@@ -29,7 +29,10 @@ from nst.errors import ConfigError
 Params = Mapping[str, Any]
 
 
+# Values of backbone.* keys typed as plain strings (here, light to import: shell completion).
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")  # backbone.compute_dtype
+CONV_CHOICES = ("auto", "xla", "winograd")  # backbone.conv
+DTYPES = ("float32", "bfloat16")  # backbone.dtype
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,17 @@ the same, so the balance moves with the channel count and the size. Each candida
 alone at the layer's shape and timed (forward convolutions and input-gradient ones are both
 convolutions: a layer's backward pass is timed as the flipped kernel's forward). Results are
 cached per CPU model, JAX version, network and size (``$NST_CACHE_DIR/conv-plans.json``), so only
-the first run at a size pays for it. Without bf16 units the float32 plan is used unmeasured:
-nothing can get slower there.
+the first run at a size pays for it. Layers timed alone do not add up exactly to a network
+(fusion, caches), so the chosen plan is kept only if the whole network's forward and input
+gradient also runs faster with it than with the float32 plan. Without bf16 units the float32
+plan is used unmeasured: nothing can get slower there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import sys
 import time
@@ -86,20 +89,75 @@ def time_conv(impl: str, shape: tuple[int, int, int, int], reps: int = 5) -> flo
     return float(np.median(times))
 
 
+def time_network(
+    arch: str,
+    plan: Sequence[tuple[str, str, str]],
+    hw: tuple[int, int],
+    last_layer: str,
+    reps: int = 3,
+) -> float:
+    """Median seconds of the network's forward pass to ``last_layer`` and the input gradient of
+    a loss on it, with ``plan``, on one ``hw`` image (random weights: timing does not depend on
+    their values)."""
+    import jax
+    import jax.numpy as jnp
+
+    from nst.backbones.vgg import apply_vgg, prepare_params
+    from nst.backbones.weights import random_params
+
+    params = prepare_params(jax.device_put(random_params(arch, 0)), plan)
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (1, *hw, 3)), jnp.float32)
+
+    def loss(x: jnp.ndarray) -> jnp.ndarray:
+        feats = apply_vgg(params, x, arch=arch, last_layer=last_layer, conv_plan=plan)
+        return jnp.mean(feats[last_layer] ** 2)
+
+    fn = jax.jit(jax.grad(loss)).lower(x).compile()
+    jax.block_until_ready(fn(x))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(x))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def _key(arch: str, conv: str, hw: tuple[int, int], last_layer: str, options: Sequence[str]) -> str:
+    """What decides which form is fastest: the CPU (model, bf16 units, cores this process may
+    use), the software (JAX, nst, XLA flags) and the problem (network, size, allowed forms)."""
     import jax
 
+    import nst
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 0
     return "|".join(
         [
             cpu_name(),
             ",".join(bf16_units()),
+            f"{cores} cores",
             f"jax {jax.__version__}",
+            f"nst {nst.__version__}",
+            os.environ.get("XLA_FLAGS", ""),
             arch,
             conv,
             f"{hw[0]}x{hw[1]}",
             last_layer,
             ",".join(options),
         ]
+    )
+
+
+def _valid(entry: object, names: Sequence[str]) -> bool:
+    """A cached plan that fits this network (a hand-edited or stale file is measured again)."""
+    from nst.backbones.vgg import CONV_IMPLS
+
+    return (
+        isinstance(entry, list)
+        and [p[0] if isinstance(p, list) and len(p) == 3 else None for p in entry] == list(names)
+        and all(i in CONV_IMPLS for p in entry for i in p[1:])
     )
 
 
@@ -117,7 +175,7 @@ def tuned_plan(
     direction up to ``last_layer`` runs as the fastest of ``options`` (default:
     :func:`candidates` of ``conv``) at an ``hw`` image, measured here or read from ``cache``
     (default: the nst cache directory; a file that cannot be written just is not)."""
-    from nst.backbones.vgg import conv_shapes, downsampling, layer_names
+    from nst.backbones.vgg import conv_plan, conv_shapes, downsampling, image_layer, layer_names
 
     options = tuple(options or candidates(conv))
     key = _key(arch, conv, hw, last_layer, options)
@@ -125,10 +183,6 @@ def tuned_plan(
         from nst.files import cache_root
 
         cache = cache_root() / CACHE_FILE
-    known = _read(cache)
-    if key in known:
-        return tuple(tuple(p) for p in known[key])  # type: ignore[misc]
-
     names = layer_names(arch)
     stop = names.index(last_layer)
     shapes = {}
@@ -136,6 +190,10 @@ def tuned_plan(
         if names.index(name) <= stop:
             s = 2 ** downsampling(arch, name)
             shapes[name] = (max(1, hw[0] // s), max(1, hw[1] // s), cin, cout)
+    known = _read(cache)
+    if _valid(known.get(key), list(shapes)):
+        return tuple(tuple(p) for p in known[key])  # type: ignore[misc]
+
     print(
         f"nst: timing {len(options)} convolution forms per layer for this CPU at "
         f"{hw[0]}x{hw[1]} (once; cached in {cache})",
@@ -151,11 +209,17 @@ def tuned_plan(
 
     plan = []
     for name, (h, w, cin, cout) in shapes.items():
-        if cin < 8:  # the first layer runs on the image as XLA's convolution (conv_plan)
+        if image_layer(cin):
             plan.append((name, "xla", "xla"))
         else:
             plan.append((name, fastest((h, w, cin, cout)), fastest((h, w, cout, cin))))
-    known[key] = plan
+    base = tuple(p for p in conv_plan(arch, conv, "cpu") if p[0] in shapes)
+    if tuple(plan) != base and time_network(arch, base, hw, last_layer) <= time_network(
+        arch, tuple(plan), hw, last_layer
+    ):
+        plan = list(base)  # faster layer by layer, not as a whole: keep float32
+    known = _read(cache)  # again: another process may have added its sizes meanwhile
+    known[key] = [list(p) for p in plan]
     _write(cache, known)
     return tuple(plan)
 

@@ -17,7 +17,7 @@ import numpy as np
 from flax import linen as nn
 
 from nst import losses
-from nst.backbones import COMPUTE_DTYPES, Backbone, BackboneSpec, Layer
+from nst.backbones import COMPUTE_DTYPES, CONV_CHOICES, Backbone, BackboneSpec, Layer
 
 # Convolutions per block: Simonyan & Zisserman 2015, Table 1 (configurations D and E).
 BLOCKS: dict[str, tuple[int, ...]] = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
@@ -206,10 +206,9 @@ def validate_layers(arch: str, names: Sequence[str]) -> None:
 
 
 # How one 3x3 convolution runs. The *_bf16 forms take bfloat16 operands and accumulate in
-# float32 (the CPU's bf16 matrix units: AVX512-BF16, AMX); activations, Grams, losses, the
-# optimizer and the image stay float32 (backbone.compute_dtype).
-CONV_IMPLS = ("xla", "winograd", "winograd_bf16", "im2col_bf16")
-CONV_CHOICES = ("auto", "xla", "winograd")
+# float32 (the CPU's bf16 matrix units: AVX512-BF16, AMX; tensor cores); activations, Grams,
+# losses, the optimizer and the image stay float32 (backbone.compute_dtype).
+CONV_IMPLS = ("xla", "winograd", "winograd_bf16", "im2col_bf16", "xla_bf16")
 # Winograd pays off on XLA:CPU once a convolution has >= 128 channels on one side (measured per
 # layer and direction by `nst-bench --conv-layers`: 1.3-2.5x; 2x slower for 64 -> 64, where the
 # memory-bound transforms cost more than the multiplies they save).
@@ -225,9 +224,10 @@ def conv_plan(
     every layer but the 3-channel first one) or ``auto``: Winograd on the CPU where a
     convolution has ``WINOGRAD_MIN_CHANNELS`` channels on one side (all but block 1), XLA
     elsewhere and on accelerators (cuDNN picks its own algorithms there).
-    ``compute_dtype=bfloat16`` turns every product but the first layer's into its bf16 form
-    (Winograd's GEMMs, or XLA's convolution replaced by :func:`im2col_conv`); ``auto`` is
-    measured per layer (:mod:`nst.backbones.tune`) and is float32 here, without sizes."""
+    ``compute_dtype=bfloat16`` turns every product but the first layer's into its bf16 form:
+    on the CPU Winograd's GEMMs, or XLA's convolution replaced by :func:`im2col_conv`; on
+    accelerators XLA's convolution with bf16 operands. ``auto`` is measured per layer
+    (:mod:`nst.backbones.tune`) and is float32 here, without sizes."""
     if conv not in CONV_CHOICES:
         raise ValueError(f"unknown conv implementation {conv!r}; valid: {', '.join(CONV_CHOICES)}")
     if compute_dtype not in COMPUTE_DTYPES:
@@ -238,15 +238,22 @@ def conv_plan(
     plan = []
     for name, (_, _, cin, cout) in conv_shapes(arch).items():
         if conv == "auto":
-            wide = (backend == "cpu" or bf16) and max(cin, cout) >= WINOGRAD_MIN_CHANNELS
+            wide = backend == "cpu" and max(cin, cout) >= WINOGRAD_MIN_CHANNELS
             impl = "winograd" if wide else "xla"
         else:
             impl = conv
         if bf16:
-            impl = "winograd_bf16" if impl == "winograd" else "im2col_bf16"
-        # The 3-channel first layer: nothing to gain, and its input is the image itself.
-        plan.append((name, "xla" if cin < 8 else impl, "xla" if cin < 8 else impl))
+            direct = "im2col_bf16" if backend == "cpu" else "xla_bf16"
+            impl = "winograd_bf16" if impl == "winograd" else direct
+        impl = "xla" if image_layer(cin) else impl
+        plan.append((name, impl, impl))
     return tuple(plan)
+
+
+def image_layer(cin: int) -> bool:
+    """The first convolution (3 input channels) always runs as XLA's, in float32: its input is
+    the image itself, and its few channels leave nothing for another form to gain."""
+    return cin < 8
 
 
 def uses_bf16(plan: Sequence[tuple[str, str, str]]) -> bool:
@@ -266,6 +273,8 @@ def kernel_for(impl: str, kernel: jnp.ndarray) -> jnp.ndarray:
     if impl == "im2col_bf16":
         kh, kw, cin, cout = kernel.shape
         return kernel.reshape(kh, kw * cin, cout).astype(jnp.bfloat16)
+    if impl == "xla_bf16":
+        return kernel.astype(jnp.bfloat16)
     if impl == "xla":
         return kernel
     raise ValueError(f"unknown conv implementation {impl!r}; valid: {', '.join(CONV_IMPLS)}")
@@ -332,6 +341,15 @@ def conv_impl(impl: str, x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
         return winograd.conv3x3(x, w)
     if impl == "im2col_bf16":
         return im2col_conv(x, w)
+    if impl == "xla_bf16":
+        return jax.lax.conv_general_dilated(
+            x.astype(jnp.bfloat16),
+            w,
+            (1, 1),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            preferred_element_type=jnp.float32,
+        )
     return jax.lax.conv_general_dilated(
         x, w.astype(x.dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
