@@ -14,6 +14,11 @@ from PIL import Image
 
 from tests.conftest import PAPER_IMAGES, needs_paper_images
 
+SMALL_LAYERS = [
+    "layers=custom",
+    "layers.content_layers={relu2_2: 1.0}",
+    "layers.style_layers={relu1_1: 0.5, relu2_1: 0.5}",
+]
 TINY = [
     "backbone=random_vgg16",
     "size=40",
@@ -23,7 +28,12 @@ TINY = [
     "progress=false",
     # The fixed evaluation (~1.5 s a run) is tested where it is the subject.
     "eval.enabled=false",
+    # Two blocks of VGG instead of four: a fraction of the compile; the full network is run
+    # where it is the subject (the paper's layers, the defaults, the evaluation).
+    *SMALL_LAYERS,
 ]
+# TINY on the default layers (content relu4_2, style up to relu5_1): where they are the subject.
+TINY_DEFAULT_LAYERS = [a for a in TINY if a not in SMALL_LAYERS]
 
 
 def nst(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -70,7 +80,7 @@ def test_run_directory_contract(tmp_path, write_png):
         "tv",
         "sec_per_step",
         "style/relu1_1",
-        "content/relu4_2",
+        "content/relu2_2",
     ):
         assert key in r[0]
     summary = json.loads((out / "summary.json").read_text())
@@ -109,9 +119,9 @@ def test_acceptance_tubingen_starry_night(tmp_path):
     [
         pytest.param("optimizer=lbfgs", "optimizer.name", "lbfgs", marks=pytest.mark.slow),
         ("init=noise", "init.name", "noise"),
-        ("backbone=random_vgg19", "backbone.arch", "vgg19"),
+        pytest.param("backbone=random_vgg19", "backbone.arch", "vgg19", marks=pytest.mark.slow),
         ("loss.gram_norm=paper", "loss.gram_norm", "paper"),
-        ("backbone.pooling=avg", "backbone.pooling", "avg"),
+        pytest.param("backbone.pooling=avg", "backbone.pooling", "avg", marks=pytest.mark.slow),
     ],
     ids=lambda v: v if isinstance(v, str) and "=" in v else "",
 )
@@ -255,7 +265,9 @@ def test_bad_input_one_line(tmp_path, write_png, case):
     good = write_png("good.png")
     args, needles, env = _bad_inputs(tmp_path, good)[case]
     out = tmp_path / "run"
-    p = nst(f"content={good}", f"style={good}", *TINY, *args, f"hydra.run.dir={out}", env=env)
+    # The size check and the empty layer set are about the default layers.
+    base = TINY_DEFAULT_LAYERS if case in ("too-small", "empty-layers") else TINY
+    p = nst(f"content={good}", f"style={good}", *base, *args, f"hydra.run.dir={out}", env=env)
     assert_clean_failure(p, out, *needles)
 
 
@@ -367,7 +379,10 @@ def _wait_for_step(path: Path, step: int, proc: subprocess.Popen, timeout: float
     raise TimeoutError(step)
 
 
-@pytest.mark.parametrize("how", ["sigkill", pytest.param("sigterm", marks=pytest.mark.slow)])
+# ~40 s each on 2 cores (a reference run, a killed run, a refused and a finished resume): run by
+# CI's slow step; the default suite covers resume through test_reliability.py.
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
 def test_killed_run_resumes_byte_identical(tmp_path, write_png, how):
     """Kill after the second checkpoint; resume=true with a changed loss.beta refuses, listing
     the key and changing nothing; the same command resumes to a result byte-identical to an

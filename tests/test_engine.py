@@ -243,7 +243,7 @@ def test_early_stop_on_plateau(vgg16_params, pair):
     assert moving.steps == 8
 
 
-@pytest.mark.parametrize("conv", ["xla", "winograd"])
+@pytest.mark.parametrize("conv", ["xla", pytest.param("winograd", marks=pytest.mark.slow)])
 def test_bfloat16_backbone_step_runs_close_to_float32(vgg16_params, pair, conv):
     """backbone.dtype=bfloat16: the network runs in bf16 (Winograd transforms included, whose
     constants must not promote it back to f32), the pixels and Adam state stay f32, and the loss

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import TINY, nst
+from tests.test_cli import SMALL_LAYERS, TINY, nst
 
 FAST = [a for a in TINY if not a.startswith(("steps=", "save_every="))] + ["save_every=0"]
 
@@ -332,7 +332,8 @@ def test_weights_errors_name_real_keys(tmp_path):
 
 
 def test_image_too_small_says_which_size_works(tmp_path):
-    err = one_line_error(nst(*FAST, "size=8", f"hydra.run.dir={tmp_path}/r"))
+    full = [a for a in FAST if a not in SMALL_LAYERS]  # the default layers, down to relu5_1
+    err = one_line_error(nst(*full, "size=8", f"hydra.run.dir={tmp_path}/r"))
     assert "use size=" in err and "or more" in err
     size = int(err.split("use size=")[1].split()[0])
     # the size it names does work (the same check, in-process)

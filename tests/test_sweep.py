@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from nst.report import find_jobs, grid_layout, swept_keys
-from tests.test_cli import nst
+from tests.test_cli import SMALL_LAYERS, nst
 
 FAST = [
     "size=40",
@@ -25,6 +25,9 @@ FAST = [
     "progress=false",
     # The fixed evaluation (~1.5 s a run) is tested where it is the subject.
     "eval.enabled=false",
+    # Two blocks of VGG instead of four: a fraction of the compile; the full network is run
+    # where it is the subject (the paper's layers, the defaults, the evaluation).
+    *SMALL_LAYERS,
 ]
 
 

@@ -155,8 +155,7 @@ def test_bf16_compute_run_matches_float32_quality():
     for k in ("style", "content"):
         a, b = f32.final[k], bf16.final[k]
         assert abs(b - a) <= 0.02 * a, (k, a, b)
-    # The images: bf16 moved the pixels far less than the stylization itself did.
-    content = nst.stylize(**{**kw, "steps": 0}).image.astype(np.float64)
-    change = np.abs(f32.image - content).mean()
+    # The images: a few levels of 255 apart on average (4.3 measured; stylization moves the
+    # pixels ~35 from the photo at this size), a mean over the whole image, not a max.
     diff = np.abs(f32.image.astype(np.float64) - bf16.image).mean()
-    assert diff < 0.2 * change, (diff, change)
+    assert diff < 8.0, diff

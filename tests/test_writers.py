@@ -230,7 +230,7 @@ def test_tensorboard_tracker_event_files_read_back(tmp_path, write_png):
     acc.Reload()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     tags = acc.Tags()
-    assert {"total", "style", "content/relu4_2"} <= set(tags["scalars"])
+    assert {"total", "style", "content/relu2_2"} <= set(tags["scalars"])
     totals = acc.Scalars("total")
     assert [e.step for e in totals] == [r["step"] for r in rows]
     assert [e.value for e in totals] == pytest.approx([r["total"] for r in rows], rel=1e-6)
