@@ -15,6 +15,7 @@ import nst
 from nst.backbones import Backbone, FunctionNetwork, Layer, register_backbone
 from nst.errors import ConfigError, ImageError
 from nst.tracking import MetricWriter, register_tracker
+from tests.test_cli import SMALL_LAYERS
 
 TINY = {"size": 32, "steps": 3, "log_every": 1, "save_every": 0, "progress": False}
 NO_EVAL = {"eval": {"enabled": False}}
@@ -23,7 +24,7 @@ RANDOM = {"backbone": "random_vgg16"}
 
 def test_stylize_returns_image_history_and_config_without_writing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    r = nst.stylize("sample:chelsea", "sample:ihc", **TINY, **RANDOM)
+    r = nst.stylize("sample:chelsea", "sample:ihc", overrides=SMALL_LAYERS, **TINY, **RANDOM)
     assert r.image.dtype == np.uint8 and r.image.shape == (21, 32, 3)
     assert [row["step"] for row in r.history] == [0, 1, 2, 3]
     assert r.history[-1]["total"] == pytest.approx(r.final["total"])
@@ -38,7 +39,14 @@ def test_stylize_accepts_arrays_and_pil_and_writes_when_asked(tmp_path):
     style = Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
     out = tmp_path / "run"
     r = nst.stylize(
-        content, style, output_dir=out, loss={"beta": 10.0}, eval=NO_EVAL["eval"], **TINY, **RANDOM
+        content,
+        style,
+        output_dir=out,
+        overrides=SMALL_LAYERS,
+        loss={"beta": 10.0},
+        eval=NO_EVAL["eval"],
+        **TINY,
+        **RANDOM,
     )
     saved = np.asarray(Image.open(out / "result.png"))
     np.testing.assert_array_equal(saved, r.image)  # the result is what result.png holds
@@ -52,7 +60,7 @@ def test_stylize_equals_the_cli_run_of_the_same_config(tmp_path):
     from tests.test_cli import nst as cli
 
     args = ["size=32", "steps=3", "save_every=0", "progress=false", "backbone=random_vgg16"]
-    args.append("eval.enabled=false")
+    args += ["eval.enabled=false", *SMALL_LAYERS]
     p = cli(*args, f"hydra.run.dir={tmp_path / 'cli'}")
     assert p.returncode == 0, p.stderr
     r = nst.stylize(overrides=args)

@@ -504,6 +504,9 @@ def test_clean_run_is_quiet_and_reruns_use_the_compile_cache(tmp_path, write_png
     c = write_png("c.png", 30, 40, 1)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "NST_"))}
     env["NST_CACHE_DIR"] = str(tmp_path / "cache")
+    # JAX caches only programs that took >= 1 s to compile; one near that line would be cached
+    # by one run and not the other. Every program, so the rerun's set is exact.
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     args = [sys.executable, "-m", "nst.app", f"content={c}", f"style={c}", *TINY]
 
     def entries() -> set[str]:
