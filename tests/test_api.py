@@ -167,6 +167,7 @@ def test_unknown_backbone_and_tracker_are_one_line_errors():
 def test_any_optax_optimizer_by_name():
     r = nst.stylize(
         optimizer={"name": "adamw", "lr": 5.0, "kwargs": {"weight_decay": 0.0}},
+        overrides=SMALL_LAYERS,
         **NO_EVAL,
         **TINY,
         **RANDOM,
