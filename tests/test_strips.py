@@ -3,6 +3,7 @@ strip layout covers every row, striped Grams and later activations equal the who
 network, and the loss and its gradient with strips equal those without."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -52,10 +53,12 @@ def test_striped_grams_and_features_equal_whole_image(params, hw, rows, blocks, 
     x = jnp.asarray(rng.uniform(0, 255, (2, *hw, 3)).astype(np.float32))
     outs = ("relu1_1", "relu2_1", "pool2", "relu3_1", "relu4_2")
     kw = dict(arch="vgg16", last_layer="relu4_2", outputs=outs, conv_plan=plan, pooling=pooling)
-    ref = vgg.apply_vgg(p, x, **kw)
-    feats, grams = vgg.apply_vgg_striped(
-        p, x, strip_blocks=blocks, strip_rows=rows, gram_layers=outs, remat=True, **kw
+    # jitted: eager dispatch of the Winograd networks took twice as long as compiling them
+    ref = jax.jit(functools.partial(vgg.apply_vgg, **kw))(p, x)
+    striped_fn = functools.partial(
+        vgg.apply_vgg_striped, strip_blocks=blocks, strip_rows=rows, gram_layers=outs, remat=True
     )
+    feats, grams = jax.jit(functools.partial(striped_fn, **kw))(p, x)
     assert vgg.strip_layout("vgg16", blocks, hw[0], rows)[1] > 2  # really several strips
     striped = [k for k in outs if int(k[4]) <= blocks]
     assert sorted(grams) == sorted(striped) and sorted(feats) == sorted(set(outs) - set(striped))
