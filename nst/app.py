@@ -271,6 +271,19 @@ def enable_compile_cache() -> str | None:
     return os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
+def help_page() -> str:
+    """``nst --help``: the page of ``conf/hydra/help/nst.yaml``, filled as Hydra fills it (its
+    ``${hydra.help.*}`` references, then a string.Template, where ``$$`` is ``$``). Hydra would
+    first list every config group's options for placeholders this page does not use: seconds."""
+    import string
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(CONFIG_DIR) / "hydra" / "help" / "nst.yaml").read_text())
+    page = re.sub(r"\$\{hydra\.help\.(\w+)\}", lambda m: cfg[m.group(1)], cfg["template"])
+    return string.Template(page).safe_substitute()
+
+
 def _exit_on_signal(signum, frame) -> None:  # noqa: ARG001
     """SIGINT/SIGTERM outside the optimization loop (which installs handlers that checkpoint):
     one line and the conventional exit code, at once. Unwinding through JAX's set-up or compile
@@ -296,6 +309,12 @@ def main() -> None:
         from nst import __version__
 
         print(f"nst {__version__}")
+        return
+    if any(a in ("--help", "-h") for a in argv) and not any(
+        a in ("--hydra-help",) or a.lstrip("+~").startswith(("hydra/help", "hydra.help"))
+        for a in argv
+    ):
+        print(help_page())
         return
     try:
         argv, problem = quote_non_ascii(sys.argv[1:])

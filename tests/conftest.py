@@ -36,6 +36,12 @@ needs_paper_images = pytest.mark.skipif(
 )
 
 
+def pytest_collection_modifyitems(config, items):  # noqa: ARG001
+    """Tests marked ``long`` first (stable otherwise): xdist hands tests out in this order, so
+    the longest no longer start near the end with one worker left running them alone."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 def random_params(arch: str, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     return {

@@ -98,6 +98,7 @@ def test_bench_command_writes_json_lines_and_table(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_max_size_grows_with_remat():
     """`nst-bench --max-size`: with a budget where the plain step tops out at a few hundred px,
     remat's strips fit a strictly larger image (XLA's memory analysis of the compiled step)."""

@@ -77,7 +77,7 @@ def _run(style, **kw):
         style,
         content.copy(),
         random_params("vgg16", 0),
-        backbone=BackboneSpec(),
+        backbone=BackboneSpec(conv="xla"),  # the blend is the subject, not the convolution
         loss=loss,
         optimizer=OptimizerSpec(lr=2.0),
         steps=5,
@@ -188,7 +188,7 @@ def test_content_mask_routes_each_style_to_its_region():
         [red, blue],
         content.copy(),
         random_params("vgg16", 0),
-        backbone=BackboneSpec(),
+        backbone=BackboneSpec(conv="xla"),  # the mask is the subject, not the convolution
         loss=loss,
         optimizer=OptimizerSpec(lr=5.0),
         steps=40,

@@ -133,7 +133,7 @@ def test_variants_reduce_total_loss(write_png, variant, key, value):
 
     c, s = write_png("c.png", 32, 48, 1), write_png("s.png", 48, 48, 2)
     args = ["backbone=random_vgg16", "size=48", "steps=8", "progress=false", "log_every=4"]
-    args.append("eval.enabled=false")
+    args += ["eval.enabled=false", *SMALL_LAYERS]
     r = nst.stylize(str(c), str(s), overrides=[*args, variant])
     section, name = key.split(".")
     assert r.config[section][name] == value
@@ -315,6 +315,7 @@ def test_debug_shows_traceback(tmp_path):
     assert p.returncode != 0 and "Traceback" in p.stderr
 
 
+@pytest.mark.long
 def test_user_image_modes(tmp_path):
     """Grayscale and RGBA user images run end to end as RGB."""
     g = tmp_path / "g.png"
@@ -379,8 +380,7 @@ def _wait_for_step(path: Path, step: int, proc: subprocess.Popen, timeout: float
     raise TimeoutError(step)
 
 
-# ~40 s each on 2 cores (a reference run, a killed run, a refused and a finished resume): run by
-# CI's slow step; the default suite covers resume through test_reliability.py.
+# A reference run, a killed run, a refused and a finished resume each: run by CI's slow step; the default suite covers resume through test_reliability.py.
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigkill", "sigterm"])
 def test_killed_run_resumes_byte_identical(tmp_path, write_png, how):
@@ -395,13 +395,14 @@ def test_killed_run_resumes_byte_identical(tmp_path, write_png, how):
         f"style={s}",
         "backbone=random_vgg16",
         "size=40",
-        "steps=40",
+        "steps=60",
         "log_every=1",
         "save_every=0",
         "checkpoint_every=4",
         "progress=false",
         "init=noise",
         "eval.enabled=false",
+        *SMALL_LAYERS,  # checkpoint and resume are the subject, not the network's depth
     ]
     import nst as api
 
@@ -470,6 +471,7 @@ def test_compile_cache_dir_choice(tmp_path):
     assert ask(NST_CACHE_DIR=str(tmp_path), NST_COMPILE_CACHE="0") == "None"
 
 
+@pytest.mark.long
 def test_version_help_output_file_and_modes(tmp_path, write_png):
     """nst --version is nst's; --help is nst's page (no internal groups); output=FILE also
     writes the image there in the format its ending names; files follow the umask."""

@@ -157,6 +157,7 @@ def test_corrupt_checkpoint_says_how_to_start_over(stopped_run, damage):
     assert "allow_pickle" not in err and not (run / "result.png").exists()
 
 
+@pytest.mark.long
 def test_resume_in_an_empty_directory_says_it_starts_fresh(tmp_path, write_png):
     c = write_png("c.png", 30, 40, 1)
     out = tmp_path / "run"
@@ -273,6 +274,7 @@ def test_full_disk_at_the_result_keeps_the_checkpoint_for_resume(tmp_path, write
     assert (again.image == ref.image).all()
 
 
+@pytest.mark.long
 def test_non_ascii_path_without_quotes_works(tmp_path, write_png):
     c = write_png("bild_ü.png", 30, 40, 1)
     out = tmp_path / "run"

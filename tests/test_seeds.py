@@ -63,6 +63,7 @@ def test_seed_experiment_runs_offline(experiment, tmp_path):
 
 
 @pytest.mark.slow  # four 96 px runs of 80 steps on the embedded VGG16
+@pytest.mark.long
 def test_eval_metrics_trace_the_alpha_beta_trade_off():
     """Along an α/β sweep the fixed evaluation moves monotonically: more style weight, larger
     content error and smaller style error (the trend of the paper's Fig. 4 rows)."""

@@ -143,6 +143,7 @@ def test_squeezenet_refuses_bf16_compute():
     assert RunSpec.from_config(auto).backbone.compute_dtype == "auto"
 
 
+@pytest.mark.long
 def test_bf16_compute_run_matches_float32_quality():
     """Parity at a small size: the embedded VGG16 on the default pair, float32 against bf16
     products (forced, so it runs on any CPU). The final style and content losses agree within 2%

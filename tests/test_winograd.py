@@ -88,7 +88,7 @@ def test_bf16_winograd_uses_the_small_tile_for_accuracy():
     ref = numpy_conv_same(x, k)
     errs = {
         m: _rel(
-            winograd.conv3x3(
+            jax.jit(winograd.conv3x3)(  # jitted: op-by-op dispatch took longer than compiling
                 jnp.asarray(x), winograd.transform_kernel(jnp.asarray(k), m).astype(jnp.bfloat16)
             ),
             ref,
@@ -174,8 +174,10 @@ def test_vmapped_conv_folds_the_batch_and_matches_per_image():
     def f(x):
         return jnp.sum(jnp.sin(vgg.conv3x3(x, p, impls)))
 
-    v, g = jax.vmap(jax.value_and_grad(f))(xs)
+    # jitted: op-by-op dispatch took longer than compiling
+    v, g = jax.jit(jax.vmap(jax.value_and_grad(f)))(xs)
+    single = jax.jit(jax.value_and_grad(f))
     for i in range(3):
-        vi, gi = jax.value_and_grad(f)(xs[i])
+        vi, gi = single(xs[i])
         assert float(v[i]) == pytest.approx(float(vi), rel=1e-5)
         np.testing.assert_allclose(g[i], gi, atol=1e-5 * float(jnp.abs(gi).max()))
