@@ -271,17 +271,20 @@ def enable_compile_cache() -> str | None:
     return os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
-def help_page() -> str:
+def help_page(path: str | Path | None = None) -> str | None:
     """``nst --help``: the page of ``conf/hydra/help/nst.yaml``, filled as Hydra fills it (its
     ``${hydra.help.*}`` references, then a string.Template, where ``$$`` is ``$``). Hydra would
-    first list every config group's options for placeholders this page does not use: seconds."""
-    import string
-
+    first list every config group's options for placeholders this page does not use: seconds.
+    None where the page uses one of Hydra's placeholders ($CONFIG, $APP_CONFIG_GROUPS, ...):
+    Hydra fills it then."""
     import yaml
 
-    cfg = yaml.safe_load((Path(CONFIG_DIR) / "hydra" / "help" / "nst.yaml").read_text())
+    path = Path(CONFIG_DIR) / "hydra" / "help" / "nst.yaml" if path is None else Path(path)
+    cfg = yaml.safe_load(path.read_text())
     page = re.sub(r"\$\{hydra\.help\.(\w+)\}", lambda m: cfg[m.group(1)], cfg["template"])
-    return string.Template(page).safe_substitute()
+    if "$" in page.replace("$$", ""):
+        return None
+    return page.replace("$$", "$")
 
 
 def _exit_on_signal(signum, frame) -> None:  # noqa: ARG001
@@ -311,11 +314,12 @@ def main() -> None:
         print(f"nst {__version__}")
         return
     if any(a in ("--help", "-h") for a in argv) and not any(
-        a in ("--hydra-help",) or a.lstrip("+~").startswith(("hydra/help", "hydra.help"))
-        for a in argv
+        a == "--hydra-help" or a.lstrip("+~").startswith(("hydra/help", "hydra.help")) for a in argv
     ):
-        print(help_page())
-        return
+        page = help_page()
+        if page is not None:
+            print(page)
+            return
     try:
         argv, problem = quote_non_ascii(sys.argv[1:])
         problem = problem or check_output_dirs(argv)

@@ -499,6 +499,27 @@ def test_version_help_output_file_and_modes(tmp_path, write_png):
     assert bad.returncode == 2 and "output=final.txt: name an image file ending in" in bad.stderr
 
 
+def test_help_page_is_filled_as_hydra_fills_it_or_left_to_hydra(tmp_path):
+    """nst prints its --help page itself (Hydra's route lists every group first: seconds) while
+    the page uses only its own references; a Hydra placeholder sends it back to Hydra."""
+    from nst.app import help_page
+
+    page = help_page()
+    assert page.startswith("nst - neural style transfer") and "Docs: README.md" in page
+    assert "${hydra" not in page and "$$" not in page
+    assert 'eval "$(nst -sc install=bash)"' in page  # $$ in the YAML is a literal $
+    own = tmp_path / "own.yaml"
+    own.write_text(
+        "header: H\nfooter: F\ntemplate: |-\n  ${hydra.help.header} costs $$5\n  ${hydra.help.footer}\n"
+    )
+    assert help_page(own) == "H costs $5\nF"
+    hydras = tmp_path / "hydras.yaml"
+    hydras.write_text(
+        "header: H\nfooter: F\ntemplate: |-\n  ${hydra.help.header}\n  $APP_CONFIG_GROUPS\n"
+    )
+    assert help_page(hydras) is None
+
+
 @pytest.mark.slow  # two uncached compiles
 def test_clean_run_is_quiet_and_reruns_use_the_compile_cache(tmp_path, write_png):
     """Without the test suite's cache variables: a run prints nothing on stderr (no JAX
