@@ -277,10 +277,10 @@ def help_page(path: str | Path | None = None) -> str | None:
     first list every config group's options for placeholders this page does not use: seconds.
     None where the page uses one of Hydra's placeholders ($CONFIG, $APP_CONFIG_GROUPS, ...):
     Hydra fills it then."""
-    import yaml
+    from omegaconf import OmegaConf
 
     path = Path(CONFIG_DIR) / "hydra" / "help" / "nst.yaml" if path is None else Path(path)
-    cfg = yaml.safe_load(path.read_text())
+    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     page = re.sub(r"\$\{hydra\.help\.(\w+)\}", lambda m: cfg[m.group(1)], cfg["template"])
     if "$" in page.replace("$$", ""):
         return None

@@ -46,7 +46,7 @@ def _request(problem, beta, init, writer, **kw):
         init=inits[init],
         params=params,
         # Winograd (conv=auto on CPUs): its per-image GEMMs round the same batched or not; XLA's
-        # convolution picks batch-size-dependent algorithms (0.04 apart after 6 steps)
+        # convolution picks batch-size-dependent algorithms, so its results drift apart
         backbone=BackboneSpec(),
         loss=LossSpec(**LAYERS, beta=beta, tv=kw.pop("tv", 0.0)),
         optimizer=OptimizerSpec(lr=2.0),

@@ -380,7 +380,8 @@ def _wait_for_step(path: Path, step: int, proc: subprocess.Popen, timeout: float
     raise TimeoutError(step)
 
 
-# A reference run, a killed run, a refused and a finished resume each: run by CI's slow step; the default suite covers resume through test_reliability.py.
+# A reference run, a killed run, a refused and a finished resume each: run by CI's slow step;
+# the default suite covers resume through test_reliability.py.
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigkill", "sigterm"])
 def test_killed_run_resumes_byte_identical(tmp_path, write_png, how):

@@ -72,8 +72,8 @@ def test_experiment_writes_labelled_figure(tmp_path, name):
 def test_fig4_alpha_beta_trend_in_every_row(tmp_path):
     """Issue acceptance 3 at a CI-sized resolution (64 px, 80 steps; 20 steps are too short to
     converge): in every row of summary.csv the final content loss falls and the final style loss
-    rises as alpha/beta grows (the closest neighbours 2.7% apart, measured on an AVX2 AMD EPYC);
-    and the sweep's labelled 5 x 4 figure."""
+    rises as alpha/beta grows (margins: docs/paper-figures.md); and the sweep's labelled 5 x 4
+    figure."""
     sweep = tmp_path / "sweep"
     p = nst(
         "experiment=gatys2016/fig4_grid",
@@ -82,7 +82,7 @@ def test_fig4_alpha_beta_trend_in_every_row(tmp_path):
         "steps=80",
         "eval.enabled=false",
         # 5 programs of 4 images (the α/β columns): the batched launcher's results equal the
-        # basic launcher's (tests/test_batch.py) in three quarters of its time here
+        # basic launcher's (tests/test_batch.py), in less time
         "hydra/launcher=batched",
         f"hydra.sweep.dir={sweep}",
         "progress=false",
