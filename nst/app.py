@@ -80,7 +80,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from nst.batch import current_job
     from nst.run import run  # after Hydra has parsed the command line: keeps --help fast
 
     hc = HydraConfig.get()
@@ -94,7 +93,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
         logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # not the TPU probe
         use_one_device(str(Path(hc.sweep.dir).resolve()))  # one device per worker process
-    slot = current_job()  # set by hydra/launcher=batched: this job runs in a thread of a batch
+    # Set by hydra/launcher=batched (which has loaded nst.batch): this job runs in a thread of a
+    # batch. Not imported here: a run that fails on its inputs never loads JAX.
+    batch = sys.modules.get("nst.batch")
+    slot = batch.current_job() if batch is not None else None
     if slot is not None:
         slot.started()  # done with Hydra's global config: the next job may set up
     try:

@@ -535,7 +535,7 @@ def conv_layer_bench(arch: str, size: int, steps: int = 10) -> list[dict[str, An
     import jax
     import jax.numpy as jnp
 
-    from nst.backbones import vgg
+    from nst.backbones import vgg, vgg_net
 
     backend, dev = device_kind()
     h, w = hw_for(size)
@@ -547,7 +547,7 @@ def conv_layer_bench(arch: str, size: int, steps: int = 10) -> list[dict[str, An
         for direction, (ci, co) in (("forward", (cin, cout)), ("input-gradient", (cout, cin))):
             x = jnp.asarray(rng.standard_normal((1, h // s, w // s, ci)), jnp.float32)
             k = jnp.asarray(rng.standard_normal((3, 3, ci, co)) / np.sqrt(9 * ci), jnp.float32)
-            p = vgg.prepare_params({"c": {"kernel": k}}, [("c", "winograd", "xla")])["c"]
+            p = vgg_net.prepare_params({"c": {"kernel": k}}, [("c", "winograd", "xla")])["c"]
             row: dict[str, Any] = {
                 "impl": "conv",
                 "backbone": arch,
@@ -562,7 +562,7 @@ def conv_layer_bench(arch: str, size: int, steps: int = 10) -> list[dict[str, An
                 "auto": plan[name][0 if direction == "forward" else 1],
             }
             for impl, weight in (("xla", k), ("winograd", p["fwd"])):
-                f = jax.jit(lambda x, wt, impl=impl: vgg.conv_impl(impl, x, wt))
+                f = jax.jit(lambda x, wt, impl=impl: vgg_net.conv_impl(impl, x, wt))
                 jax.block_until_ready(f(x, weight))
                 times = []
                 for _ in range(max(steps, 3)):
@@ -598,7 +598,7 @@ def grid_bench(arch: str, size: int, jobs: int, steps: int, warmup: int) -> dict
     else were free, one image-step would take ``floor_s_per_image_step``; no batching of the
     same algorithms can beat ``sequential step / floor`` (``batched_throughput_ceiling``)."""
     from nst.backbones.vgg import deepest_layer
-    from nst.engine import LossSpec
+    from nst.loss_spec import LossSpec
 
     seq = bench_jax(arch, size, steps=steps, warmup=warmup)
     bat = bench_jax(arch, size, steps=steps, warmup=warmup, batch=jobs)

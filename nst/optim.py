@@ -122,13 +122,14 @@ def make_optimizer(spec: OptimizerSpec) -> Any:
 def learning_rate(spec: OptimizerSpec) -> Any:
     """The learning rate of ``spec``: a float, or an optax schedule (step -> rate) when
     ``schedule`` is set (or SGD's ``decay_every``)."""
+    lr = _lr(spec)
+    constant = spec.schedule in (None, "", "constant")
+    if constant and not (spec.name == "sgd" and spec.decay_every > 0):
+        return lr  # without optax: the default config is checked before JAX loads
     import optax
 
-    lr = _lr(spec)
     if spec.name == "sgd" and spec.decay_every > 0:
         return optax.exponential_decay(lr, spec.decay_every, spec.decay_rate, staircase=True)
-    if spec.schedule in (None, "", "constant"):
-        return lr
     kwargs = dict(spec.schedule_kwargs or {})
     try:
         if spec.schedule == "piecewise":

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -29,7 +29,6 @@ from omegaconf import DictConfig
 import nst
 from nst import images, rundir
 from nst.backbones import get_backbone
-from nst.engine import Diverged, Interrupted, stylize
 from nst.errors import (
     ConfigError,
     DivergedError,
@@ -42,6 +41,9 @@ from nst.errors import (
 from nst.files import atomic_write_json
 from nst.spec import RunSpec
 from nst.tracking import JobInfo, MetricWriter, TrackerContext, make_writer
+
+if TYPE_CHECKING:
+    from nst.engine import Diverged
 
 
 def make_init(
@@ -170,7 +172,7 @@ def run(
     try:
         if not isinstance(spec, RunSpec):
             spec = RunSpec.from_config(spec)
-        return _run(spec, run_dir, job or JobInfo(), stylize_fn or stylize, writers or [], claim)
+        return _run(spec, run_dir, job or JobInfo(), stylize_fn, writers or [], claim)
     except BaseException as e:
         # error.json goes into a directory this run claimed, or one holding no other run: a
         # refused or failed start must not leave a record beside another run's files.
@@ -190,7 +192,7 @@ def _run(
     spec: RunSpec,
     run_dir: Path | None,
     job: JobInfo,
-    stylize: Callable[..., Any],
+    stylize: Callable[..., Any] | None,
     extra_writers: list[MetricWriter],
     claim: dict[str, bool],
 ) -> dict[str, Any]:
@@ -231,6 +233,11 @@ def _run(
         writer.close(1)
         raise
     spec, init, params, winfo, backbone, content_raw, styles_raw, sizes, levels = prepared
+    # The engine (and JAX) load only now: a run that fails on its inputs or config does not wait.
+    from nst.engine import Diverged, Interrupted
+    from nst.engine import stylize as engine_stylize
+
+    stylize = stylize or engine_stylize
     if spec.progress:  # inputs and weights are fine: say what the silent part was, then compile
         print(
             f"nst: {backbone.arch} ({spec.weights.source} weights) ready in {winfo['load_s']:.1f} s",

@@ -16,8 +16,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nst.backbones import COMPUTE_DTYPES, BackboneSpec, get_backbone
 from nst.config import alpha_beta
-from nst.engine import LossSpec
 from nst.errors import ConfigError
+from nst.loss_spec import LossSpec
 from nst.optim import OptimizerSpec, optimizer_spec
 
 

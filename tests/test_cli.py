@@ -310,6 +310,36 @@ def test_missing_paper_images_say_how_to_fetch(tmp_path):
     assert not list(out.glob("*/result.png"))
 
 
+# The real entry point in a fresh interpreter, reporting its exit code and what it imported.
+_IMPORTS_PROBE = """
+import sys
+sys.argv = ["nst", *sys.argv[1:]]
+from nst.app import main
+try:
+    main()
+    code = 0
+except SystemExit as e:
+    code = e.code
+print(code, *sorted(m for m in ("flax", "jax", "optax") if m in sys.modules))
+"""
+
+
+def test_input_and_config_errors_fail_before_jax_loads(tmp_path, write_png):
+    """A run refused on its inputs answers at once: the embedded weights are read and the image
+    checked against the default layers, but nothing imports JAX, Flax or Optax (seconds)."""
+    good = write_png("good.png")
+    out = tmp_path / "run"
+    args = [f"content={good}", f"style={good}", "size=8", "progress=false"]
+    p = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_PROBE, *args, f"hydra.run.dir={out}"],
+        capture_output=True,
+        text=True,
+    )
+    assert p.stdout.split() == ["2"], (p.stdout, p.stderr)
+    assert p.stderr.startswith("nst: error: size=8 gives a 8x6 image"), p.stderr
+    assert json.loads((out / "error.json").read_text())["type"] == "ConfigError"
+
+
 def test_debug_shows_traceback(tmp_path):
     p = nst("content=/nonexistent.png", *TINY, "debug=true", f"hydra.run.dir={tmp_path}")
     assert p.returncode != 0 and "Traceback" in p.stderr

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from nst.backbones import normalize
-from nst.backbones.vgg import VGG, conv_layer_names
+from nst.backbones.vgg import conv_layer_names
+from nst.backbones.vgg_net import VGG
 from tests.conftest import random_params, smooth_image
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nst import engine, losses
-from nst.backbones import vgg
+from nst.backbones import vgg, vgg_net
 from nst.backbones.weights import random_params
 from nst.engine import BackboneSpec, LossSpec, compute_targets, make_loss_fn, make_model
 
@@ -48,15 +48,19 @@ def test_layer_size_floors_at_each_pool():
 )
 def test_striped_grams_and_features_equal_whole_image(params, hw, rows, blocks, pooling):
     plan = vgg.conv_plan("vgg16", "xla", "cpu")  # the strips are the subject, not Winograd
-    p = vgg.prepare_params(params, plan)
+    p = vgg_net.prepare_params(params, plan)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(0, 255, (2, *hw, 3)).astype(np.float32))
     outs = ("relu1_1", "relu2_1", "pool2", "relu3_1", "relu4_2")
     kw = dict(arch="vgg16", last_layer="relu4_2", outputs=outs, conv_plan=plan, pooling=pooling)
     # jitted: eager dispatch of the Winograd networks took twice as long as compiling them
-    ref = jax.jit(functools.partial(vgg.apply_vgg, **kw))(p, x)
+    ref = jax.jit(functools.partial(vgg_net.apply_vgg, **kw))(p, x)
     striped_fn = functools.partial(
-        vgg.apply_vgg_striped, strip_blocks=blocks, strip_rows=rows, gram_layers=outs, remat=True
+        vgg_net.apply_vgg_striped,
+        strip_blocks=blocks,
+        strip_rows=rows,
+        gram_layers=outs,
+        remat=True,
     )
     feats, grams = jax.jit(functools.partial(striped_fn, **kw))(p, x)
     assert vgg.strip_layout("vgg16", blocks, hw[0], rows)[1] > 2  # really several strips
@@ -74,7 +78,7 @@ def test_striped_grams_and_features_equal_whole_image(params, hw, rows, blocks, 
 def test_striped_blocks_give_only_grams(params):
     x = jnp.zeros((1, 32, 32, 3))
     with pytest.raises(ValueError, match="relu2_2"):
-        vgg.apply_vgg_striped(
+        vgg_net.apply_vgg_striped(
             params, x, strip_blocks=2, strip_rows=8, gram_layers=["relu1_1"],
             outputs=["relu1_1", "relu2_2", "relu3_1"], last_layer="relu3_1",
         )  # fmt: skip

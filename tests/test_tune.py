@@ -150,7 +150,7 @@ def test_bf16_compute_run_matches_float32_quality():
     (docs/performance.md has the 256 px / 300 step measurement) and the images closely."""
     import nst
 
-    kw = dict(size=48, steps=100, progress=False, eval={"enabled": False})
+    kw = dict(size=48, steps=50, progress=False, eval={"enabled": False})
     f32 = nst.stylize(**kw)
     bf16 = nst.stylize(**kw, backbone={"compute_dtype": "bfloat16"})
     for k in ("style", "content"):

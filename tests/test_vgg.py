@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst.backbones import vgg
+from nst.backbones import vgg, vgg_net
 from tests.conftest import random_params, smooth_image
 
 
@@ -41,7 +41,7 @@ def np_conv_same(x, k, b):
 def test_forward_matches_numpy(pooling):
     params = random_params("vgg16")
     x = smooth_image(12, 10)
-    model = vgg.VGG("vgg16", pooling=pooling, preprocessing="caffe", last_layer="conv2_1")
+    model = vgg_net.VGG("vgg16", pooling=pooling, preprocessing="caffe", last_layer="conv2_1")
     feats = model.apply(
         {"params": {k: params[k] for k in ("conv1_1", "conv1_2", "conv2_1")}}, x[None]
     )
@@ -56,7 +56,7 @@ def test_forward_matches_numpy(pooling):
 
 
 def test_truncation_creates_only_needed_params():
-    model = vgg.VGG("vgg19", last_layer="relu3_1")
+    model = vgg_net.VGG("vgg19", last_layer="relu3_1")
     p = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
     assert sorted(p) == ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"]
 
@@ -64,10 +64,10 @@ def test_truncation_creates_only_needed_params():
 def test_preprocessing():
     x = np.array([[[10.0, 20.0, 30.0]]], np.float32)
     np.testing.assert_allclose(
-        vgg.preprocess(x, "caffe")[0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6
+        vgg_net.preprocess(x, "caffe")[0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6
     )
     t = (x[0, 0] / 255 - vgg.TORCH_MEAN_RGB) / vgg.TORCH_STD_RGB
-    np.testing.assert_allclose(vgg.preprocess(x, "torch")[0, 0], t, rtol=1e-6)
+    np.testing.assert_allclose(vgg_net.preprocess(x, "torch")[0, 0], t, rtol=1e-6)
 
 
 def test_downsampling_and_deepest():
@@ -79,13 +79,13 @@ def test_downsampling_and_deepest():
 @pytest.mark.parametrize("pooling", ["max", "avg"])
 def test_apply_vgg_with_remat_is_the_same_function(vgg16_params, pooling):
     x = jnp.asarray(smooth_image(36, 44))[None]
-    ref = vgg.VGG(pooling=pooling, last_layer="relu4_2").apply(
+    ref = vgg_net.VGG(pooling=pooling, last_layer="relu4_2").apply(
         {"params": {k: vgg16_params[k] for k in vgg.conv_layer_names("vgg16")[:9]}}, x
     )
     # jitted: op-by-op dispatch took longer than compiling
     for remat in (False, True):
         out = jax.jit(
-            lambda p, x, remat=remat: vgg.apply_vgg(
+            lambda p, x, remat=remat: vgg_net.apply_vgg(
                 p, x, pooling=pooling, last_layer="relu4_2", remat=remat
             )
         )(vgg16_params, x)
@@ -94,7 +94,9 @@ def test_apply_vgg_with_remat_is_the_same_function(vgg16_params, pooling):
             np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-4)
 
     def f(x, remat):
-        feats = vgg.apply_vgg(vgg16_params, x, pooling=pooling, last_layer="relu4_2", remat=remat)
+        feats = vgg_net.apply_vgg(
+            vgg16_params, x, pooling=pooling, last_layer="relu4_2", remat=remat
+        )
         return jnp.sum(feats["relu4_2"] ** 2) + jnp.sum(feats["relu1_1"])
 
     grad = jax.jit(jax.grad(f), static_argnums=1)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst.backbones import vgg, winograd
+from nst.backbones import vgg, vgg_net, winograd
 from nst.engine import BackboneSpec, LossSpec, features, make_model, trim_params
 from tests.conftest import smooth_image
 
@@ -67,11 +67,11 @@ def test_planned_conv_value_and_input_gradient(impls):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 9, 14, 16)).astype(np.float32)
     k = (0.2 * rng.standard_normal((3, 3, 16, 12))).astype(np.float32)
-    p = vgg.prepare_params(
+    p = vgg_net.prepare_params(
         {"c": {"kernel": jnp.asarray(k), "bias": jnp.zeros(12)}}, [("c", *impls)]
     )["c"]
     cot = rng.standard_normal((2, 9, 14, 12)).astype(np.float32)
-    y, vjp = jax.vjp(lambda x: vgg.conv3x3(x, p, impls), jnp.asarray(x))
+    y, vjp = jax.vjp(lambda x: vgg_net.conv3x3(x, p, impls), jnp.asarray(x))
     (g,) = vjp(jnp.asarray(cot))
     assert y.dtype == g.dtype == jnp.float32
     tol = [1e-2 if i.endswith("_bf16") else 1e-5 for i in impls]
@@ -96,7 +96,7 @@ def test_bf16_winograd_uses_the_small_tile_for_accuracy():
         for m in (4, 2)
     }
     assert errs[2] < 6e-3 < errs[4], errs
-    assert vgg.kernel_for("winograd_bf16", jnp.asarray(k)).shape == (16, 64, 64)
+    assert vgg_net.kernel_for("winograd_bf16", jnp.asarray(k)).shape == (16, 64, 64)
 
 
 @pytest.mark.parametrize("hw", [(8, 6), (7, 9), (1, 5)])
@@ -106,11 +106,12 @@ def test_max_pool2_equals_reduce_window(hw):
     def ref(x):
         return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
-    np.testing.assert_array_equal(vgg.max_pool2(x), ref(x))
+    np.testing.assert_array_equal(vgg_net.max_pool2(x), ref(x))
     if hw[0] >= 2:  # no ties in random data: the gradients route to the same elements
         w = jnp.arange(ref(x).size, dtype=jnp.float32).reshape(ref(x).shape)
         g, g_ref = (
-            jax.grad(lambda x, pool=pool: jnp.sum(pool(x) * w))(x) for pool in (vgg.max_pool2, ref)
+            jax.grad(lambda x, pool=pool: jnp.sum(pool(x) * w))(x)
+            for pool in (vgg_net.max_pool2, ref)
         )
         np.testing.assert_array_equal(g, g_ref)
 
@@ -169,10 +170,10 @@ def test_vmapped_conv_folds_the_batch_and_matches_per_image():
     xs = jnp.asarray(rng.standard_normal((3, 1, 10, 12, 8)).astype(np.float32))
     k = jnp.asarray(rng.standard_normal((3, 3, 8, 128)).astype(np.float32))
     impls = ("winograd", "winograd")
-    p = vgg.prepare_params({"c": {"kernel": k, "bias": jnp.zeros(128)}}, [("c", *impls)])["c"]
+    p = vgg_net.prepare_params({"c": {"kernel": k, "bias": jnp.zeros(128)}}, [("c", *impls)])["c"]
 
     def f(x):
-        return jnp.sum(jnp.sin(vgg.conv3x3(x, p, impls)))
+        return jnp.sum(jnp.sin(vgg_net.conv3x3(x, p, impls)))
 
     # jitted: op-by-op dispatch took longer than compiling
     v, g = jax.jit(jax.vmap(jax.value_and_grad(f)))(xs)

@@ -44,7 +44,7 @@ class BackboneSpec:
     preprocessing: str = "caffe"  # set from the loaded weights (Backbone.load)
     dtype: str = "float32"
     # Per-block jax.checkpoint: the backward pass recomputes a block's activations instead of
-    # keeping them, so much larger images fit in memory (VGG: nst.backbones.vgg.apply_vgg).
+    # keeping them, so much larger images fit in memory (VGG: nst.backbones.vgg_net.apply_vgg).
     remat: bool = False
     # How convolutions run (VGG): auto (Winograd on the CPU for layers with >= 128 channels,
     # XLA's convolution elsewhere), xla or winograd; same function either way.
@@ -56,7 +56,7 @@ class BackboneSpec:
     # The optimized image's (height, width), set by the engine: what compute_dtype=auto times.
     step_hw: tuple[int, int] | None = None
     # With remat: the blocks before the first content layer run over strips of about this
-    # many rows, one strip at a time (nst.backbones.vgg.apply_vgg_striped).
+    # many rows, one strip at a time (nst.backbones.vgg_net.apply_vgg_striped).
     strip_rows: int = 128
 
 

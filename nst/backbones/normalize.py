@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst import images
-from nst.backbones.vgg import VGG, conv_layer_names
+from nst.backbones.vgg import conv_layer_names
+from nst.backbones.vgg_net import VGG
 
 log = logging.getLogger(__name__)
 

@@ -85,7 +85,7 @@ def apply(params: dict[str, Any], x: Any, last: int = 12, preprocessing: str = "
     import jax
     import jax.numpy as jnp
 
-    from nst.backbones.vgg import preprocess
+    from nst.backbones.vgg_net import preprocess
 
     x = preprocess(x, preprocessing)
     out: dict[str, Any] = {}

@@ -73,7 +73,7 @@ def time_conv(impl: str, shape: tuple[int, int, int, int], reps: int = 5) -> flo
     import jax
     import jax.numpy as jnp
 
-    from nst.backbones.vgg import conv_impl, kernel_for
+    from nst.backbones.vgg_net import conv_impl, kernel_for
 
     h, w, cin, cout = shape
     rng = np.random.default_rng(0)
@@ -102,7 +102,7 @@ def time_network(
     import jax
     import jax.numpy as jnp
 
-    from nst.backbones.vgg import apply_vgg, prepare_params
+    from nst.backbones.vgg_net import apply_vgg, prepare_params
     from nst.backbones.weights import random_params
 
     params = prepare_params(jax.device_put(random_params(arch, 0)), plan)

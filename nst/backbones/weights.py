@@ -1,6 +1,6 @@
 """Backbone weights: locating, downloading, verifying and converting VGG convolution parameters.
 
-Every loader returns the same in-memory layout, the one :class:`nst.backbones.vgg.VGG` consumes::
+Every loader returns the same in-memory layout, the one :class:`nst.backbones.vgg_net.VGG` consumes::
 
     {"conv1_1": {"kernel": float32 (3, 3, Cin, Cout) HWIO, "bias": float32 (Cout,)}, ...}
 
@@ -90,7 +90,7 @@ FILE_FORMATS = {
     ".pt": "torchvision",
     ".npz": "npz",
 }
-# Which input normalisation the weights were trained with (see nst.backbones.vgg.preprocess). Our own
+# Which input normalisation the weights were trained with (see nst.backbones.vgg_net.preprocess). Our own
 # .npz files carry no metadata; the ones this module writes hold Keras/Caffe-convention weights.
 PREPROCESSING = {
     "embedded": "caffe",
@@ -724,7 +724,7 @@ def resolve_params(
     ``random``; ``url`` overrides the Keras download URL. Returns the params (validated against
     the real ``arch`` shapes) and a JSON-serialisable info dict with ``source``, ``format``,
     ``path``, ``sha256`` (of the file used; None for random), ``params_digest`` and
-    ``preprocessing`` (the :func:`nst.backbones.vgg.preprocess` mode the weights need).
+    ``preprocessing`` (the :func:`nst.backbones.vgg_net.preprocess` mode the weights need).
     """
     check_source(arch, source, weights_path)
 
