@@ -412,7 +412,8 @@ class Program:
         self, state: State, weights: Any, ends: Sequence[int], start: int = 0
     ) -> tuple[dict[int, Any], Any, float]:
         """Ahead-of-time executables for the calls ending at ``ends`` (:func:`compile_calls`),
-        the final-loss evaluator, and the seconds compiling took (reported apart from steps)."""
+        the final-loss evaluator ``evaluate(state, params, targets, weights) -> metrics`` (it
+        may consume ``state``), and the seconds compiling took (reported apart from steps)."""
         t0 = time.perf_counter()
         args = (state, self.params, self.targets, weights)
         kw: dict[str, Any] = {}
@@ -420,8 +421,21 @@ class Program:
             jobs, rep = self._shardings()
             kw = {"in_shardings": (jobs, rep, rep, jobs), "out_shardings": jobs}
         compiled = compile_calls(self.update_fn, args, ends, start, **kw)
-        fn = self.loss_fn if self.batch is None else jax.vmap(self.loss_fn, (0, None, None, 0))
-        evaluate = jax.jit(fn, **kw).lower(state.image, *args[1:]).compile()
+        if 1 in compiled:
+            # A one-step call's metrics are the losses of the image it is given: one more step
+            # (its update discarded) costs less than compiling the loss alone.
+            one = compiled[1]
+
+            def evaluate(st, *rest):
+                return {k: v[..., 0] for k, v in one(st, *rest)[1].items() if k != "finite"}
+
+        else:
+            fn = self.loss_fn if self.batch is None else jax.vmap(self.loss_fn, (0, None, None, 0))
+            loss = jax.jit(fn, **kw).lower(state.image, *args[1:]).compile()
+
+            def evaluate(st, *rest):
+                return loss(st.image, *rest)[1]
+
         return compiled, evaluate, time.perf_counter() - t0
 
 
@@ -694,7 +708,7 @@ def drive_calls(
     the ahead-of-time executables ``compiled[n]`` (n steps each, see :func:`compile_calls`) up to
     each of ``ends``, and per job writes the log rows, snapshots and checkpoints, and detects
     divergence, interruption and (single runs only) a plateau. ``batched`` states and metrics
-    carry a leading job axis of ``len(writers)``; ``evaluate(image, *args)`` gives the final
+    carry a leading job axis of ``len(writers)``; ``evaluate(state, *args)`` gives the final
     losses. Returns each job's :class:`RunResult`, or its :class:`Diverged`/:class:`Interrupted`
     (a diverged job's slice is not logged, saved or checkpointed again; the others go on).
     ``step_metrics(step)`` adds to every row (the learning rate); ``image_metrics[j](image)`` to
@@ -797,8 +811,7 @@ def drive_calls(
 
     where = _job_devices(state.image, b if batched else None)
     images = np.asarray(jax.device_get(state.image))
-    _, final = evaluate(state.image, params, targets, weights)
-    final = jax.device_get(final)
+    final = jax.device_get(evaluate(state, params, targets, weights))  # consumes the state
     sec = float(np.median(step_times)) if step_times else 0.0
     for j in range(b):
         if out[j] is not None:

@@ -46,8 +46,10 @@ def _request(problem, beta, init, writer, **kw):
         init=inits[init],
         params=params,
         # Winograd (conv=auto on CPUs): its per-image GEMMs round the same batched or not; XLA's
-        # convolution picks batch-size-dependent algorithms, so its results drift apart
-        backbone=BackboneSpec(),
+        # convolution picks batch-size-dependent algorithms, so its results drift apart. Average
+        # pooling: on a smooth image a max-pool's near-ties turn last-bit differences into
+        # different winners, whatever the batching.
+        backbone=BackboneSpec(pooling="avg"),
         loss=LossSpec(**LAYERS, beta=beta, tv=kw.pop("tv", 0.0)),
         optimizer=OptimizerSpec(lr=2.0),
         steps=6,
@@ -88,7 +90,7 @@ def test_batched_strips_equal_sequential_whole_image(problem):
     """remat's striped blocks under the grid's vmap give the plain sequential results."""
     from nst.engine import make_model
 
-    strips = BackboneSpec(remat=True, strip_rows=8)
+    strips = BackboneSpec(pooling="avg", remat=True, strip_rows=8)
     assert make_model(strips, LossSpec(**LAYERS)).strip_blocks == 1  # block 1 in 3 strips
     specs = [(1e2, 0), (1e4, 1)]
     seq = [stylize(**_request(problem, b, i, Rows())) for b, i in specs]

@@ -180,5 +180,7 @@ def test_vmapped_conv_folds_the_batch_and_matches_per_image():
     single = jax.jit(jax.value_and_grad(f))
     for i in range(3):
         vi, gi = single(xs[i])
+        # Folding changes the GEMMs' shapes, hence their rounding (~1e-5 of the largest
+        # gradient); another image's data would be off by the order of the gradient itself.
         assert float(v[i]) == pytest.approx(float(vi), rel=1e-5)
-        np.testing.assert_allclose(g[i], gi, atol=1e-5 * float(jnp.abs(gi).max()))
+        np.testing.assert_allclose(g[i], gi, atol=1e-4 * float(jnp.abs(gi).max()))

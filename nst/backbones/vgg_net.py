@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from nst import losses
@@ -67,10 +68,12 @@ class VGG(nn.Module):
         ``conv_plan`` needs precomputed (:func:`prepare_params`)."""
         import jax
 
-        # Shapes only: eval_shape traces init without computing (and discarding) random weights.
-        used = jax.eval_shape(self.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-        trimmed = jax.device_put({k: dict(params[k]) for k in used["params"]})
-        return prepare_params(trimmed, self.conv_plan) if self.conv_plan else trimmed
+        names = layer_names(self.arch)
+        used = names[: names.index(self.last_layer or names[-1]) + 1]
+        trimmed = {k: dict(params[k]) for k in used if k.startswith("conv")}
+        return jax.device_put(
+            prepare_params(trimmed, self.conv_plan) if self.conv_plan else trimmed
+        )
 
     def features(self, params: dict, x: jnp.ndarray) -> dict[str, jnp.ndarray]:
         """Activations of ``x`` ``(N, H, W, 3)``: this module's function computed by
@@ -168,39 +171,29 @@ def im2col_conv(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
     return out
 
 
-def flip_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
+def flip_kernel(kernel: np.ndarray | jnp.ndarray) -> np.ndarray | jnp.ndarray:
     """The kernel whose SAME convolution is the input gradient of ``kernel``'s: spatially
     flipped, input and output channels swapped (HWIO)."""
-    return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    return kernel[::-1, ::-1].transpose(0, 1, 3, 2)
 
 
 def prepare_params(params: dict, plan: Sequence[tuple[str, str, str]]) -> dict:
     """Add, once per run, what each convolution of ``plan`` needs besides the bias: ``fwd``
     (the kernel in its implementation's form, :func:`kernel_for`, replacing ``kernel``) and
-    ``bwd`` (the input-gradient kernel, flipped, in its form). Inside the step XLA would otherwise redo these
-    transposes on every call (~10% of a 256 px step on the CPU), as the weights are arguments,
-    not constants."""
-    return _prepare_jit()(params, tuple(tuple(p) for p in plan))
-
-
-@functools.cache
-def _prepare_jit():
-    import jax
-
-    def prepare(params: dict, plan: tuple) -> dict:
-        out = {k: dict(v) for k, v in params.items()}
-        for name, fwd, bwd in plan:
-            if name not in out:
-                continue
-            k = jnp.asarray(out[name]["kernel"], jnp.float32)
-            out[name]["bwd"] = kernel_for(bwd, flip_kernel(k))
-            if fwd != "xla":  # the step never reads the kernel itself: don't carry it
-                out[name]["fwd"] = kernel_for(fwd, k)
-                del out[name]["kernel"]
-        return out
-
-    # One program for all layers (eager ops would compile one small program per layer shape).
-    return jax.jit(prepare, static_argnums=1)
+    ``bwd`` (the input-gradient kernel, flipped, in its form). Inside the step XLA would
+    otherwise redo these transposes on every call (~10% of a 256 px step on the CPU), as the
+    weights are arguments, not constants. Computed on the host in NumPy: compiling the same
+    work as a program took several times longer than doing it."""
+    out = {k: dict(v) for k, v in params.items()}
+    for name, fwd, bwd in plan:
+        if name not in out:
+            continue
+        k = np.asarray(out[name]["kernel"], np.float32)
+        out[name]["bwd"] = kernel_for(bwd, np.ascontiguousarray(flip_kernel(k)))
+        if fwd != "xla":  # the step never reads the kernel itself: don't carry it
+            out[name]["fwd"] = kernel_for(fwd, k)
+            del out[name]["kernel"]
+    return out
 
 
 def conv_impl(impl: str, x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:

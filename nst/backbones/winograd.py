@@ -61,13 +61,16 @@ ALGORITHMS = {4: (BT, G, AT), 2: (BT2, G2, AT2)}
 M_OUT, TILE = 4, 6  # the default: output tile 4x4 from input tile 6x6
 
 
-def transform_kernel(kernel: jnp.ndarray, m: int = M_OUT) -> jnp.ndarray:
+def transform_kernel(kernel: np.ndarray | jnp.ndarray, m: int = M_OUT) -> np.ndarray | jnp.ndarray:
     """``(3, 3, C_in, C_out)`` HWIO kernel -> ``(t*t, C_in, C_out)`` (``t = m + 2``): G g G^T per
     channel pair, stored column-transform-major (index ``t*j + i`` for row point i, column point
-    j), the order :func:`input_transform` produces."""
-    g = jnp.asarray(ALGORITHMS[m][1], jnp.float32)
-    u = jnp.einsum("ik,klco,jl->jico", g, kernel.astype(jnp.float32), g)
-    return u.reshape((m + 2) ** 2, *u.shape[2:])
+    j), the order :func:`input_transform` produces. One ``(t*t, 9)`` by ``(9, C_in*C_out)``
+    product, in NumPy for a NumPy kernel (the per-run preparation needs no compile) and in JAX
+    for a JAX one."""
+    g = ALGORITHMS[m][1]
+    gg = np.einsum("ik,jl->jikl", g, g).reshape((m + 2) ** 2, 9).astype(np.float32)
+    u = gg @ kernel.astype(np.float32).reshape(9, -1)
+    return u.reshape((m + 2) ** 2, *kernel.shape[2:])
 
 
 def _combine(coefs: Sequence[float], xs: Sequence[jnp.ndarray]) -> jnp.ndarray:
