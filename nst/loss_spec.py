@@ -27,7 +27,7 @@ class LossSpec:
     gram_norm: str = "mean"
     content_norm: str = "mean"
     style: str = "gram"  # loss.style: gram, or mean_cov (see nst.losses.mean_cov_loss)
-    balance: str = "none"  # or "grad": see balance_scale
+    balance: str = "none"  # or "grad": see nst.engine.balance_scale
 
     def weights(self) -> dict[str, Any]:
         """The scalar weights as a pytree of float32 arrays: jit arguments, not constants."""
