@@ -31,17 +31,33 @@ def fake_timer(calls: list):
     return time_conv
 
 
-def network_timer(tuned_wins: bool):
-    def time_network(arch, plan, hw, last_layer, reps=3):
-        return 1.0 if vgg.uses_bf16(plan) == tuned_wins else 2.0
+def network_timer(cost):
+    """A fake ``time_networks``: each plan's seconds from ``cost(plan)``; records what it compared."""
+    compared: list = []
 
-    return time_network
+    def time_networks(arch, plans, hw, last_layer, reps=5):
+        compared.append([tuple(p) for p in plans])
+        return [cost(tuple(p)) for p in plans]
+
+    time_networks.compared = compared
+    return time_networks
+
+
+def bf16_share(plan) -> float:
+    """The fraction of a plan's timed passes (all but the image layer's) in a bf16 form."""
+    passes = [i for name, f, b in plan if name != "conv1_1" for i in (f, b)]
+    return sum(i.endswith("_bf16") for i in passes) / len(passes)
+
+
+def mixed_wins(plan) -> float:
+    return 1.0 if 0 < bf16_share(plan) < 1 else 2.0
 
 
 def test_tuned_plan_picks_the_fastest_form_per_direction_and_caches(tmp_path, monkeypatch, capsys):
     calls: list = []
     monkeypatch.setattr(tune, "time_conv", fake_timer(calls))
-    monkeypatch.setattr(tune, "time_network", network_timer(tuned_wins=True))
+    networks = network_timer(mixed_wins)
+    monkeypatch.setattr(tune, "time_networks", networks)
     cache = tmp_path / "plans.json"
     plan = tune.tuned_plan("vgg16", "auto", (40, 56), "relu3_1", cache=cache)
     got = {n: (f, b) for n, f, b in plan}
@@ -51,6 +67,9 @@ def test_tuned_plan_picks_the_fastest_form_per_direction_and_caches(tmp_path, mo
     # conv2_1 is 64 -> 128: forward reads 64 channels (f32 wins), its input gradient 128 (bf16)
     assert got["conv2_1"] == ("winograd", "winograd_bf16")
     assert got["conv3_1"] == ("winograd_bf16", "winograd_bf16")
+    # Three whole networks competed: float32 first, the per-layer choice, every layer in bf16.
+    ((base, layerwise, uniform),) = networks.compared
+    assert not vgg.uses_bf16(base) and layerwise == plan and bf16_share(uniform) == 1
     # Each distinct (size, channels) is timed once per candidate; shapes are per layer's size.
     assert len(calls) == len(set(calls))
     assert ("xla", (20, 28, 64, 128)) in calls and ("xla", (10, 14, 128, 256)) in calls
@@ -77,7 +96,7 @@ def test_tuned_plan_picks_the_fastest_form_per_direction_and_caches(tmp_path, mo
 
 def test_a_plan_slower_as_a_whole_network_falls_back_to_float32(tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "time_conv", fake_timer([]))
-    monkeypatch.setattr(tune, "time_network", network_timer(tuned_wins=False))
+    monkeypatch.setattr(tune, "time_networks", network_timer(lambda p: 1 + bf16_share(p)))
     plan = tune.tuned_plan("vgg16", "auto", (40, 56), "relu3_1", cache=tmp_path / "p.json")
     used = [name for name, _, _ in plan]
     assert used[-1] == "conv3_1"
@@ -85,14 +104,38 @@ def test_a_plan_slower_as_a_whole_network_falls_back_to_float32(tmp_path, monkey
     assert not vgg.uses_bf16(plan)
 
 
-def test_time_network_runs_the_planned_network():
-    plan = vgg.conv_plan("vgg16", "auto", "cpu", "bfloat16")
-    assert 0 < tune.time_network("vgg16", plan, (16, 24), "relu2_1", reps=1) < 10
+def test_every_layer_in_bf16_wins_when_fastest_as_a_whole(tmp_path, monkeypatch):
+    """Per layer, float32 Winograd wins block 1 here; as a network, all-bf16 is fastest."""
+    monkeypatch.setattr(tune, "time_conv", fake_timer([]))
+    monkeypatch.setattr(tune, "time_networks", network_timer(lambda p: 2 - bf16_share(p)))
+    plan = tune.tuned_plan("vgg16", "auto", (40, 56), "relu3_1", cache=tmp_path / "p.json")
+    forced = vgg.conv_plan("vgg16", "auto", "cpu", "bfloat16")
+    assert plan == forced[: len(plan)]
+    assert dict((n, f) for n, f, _ in plan)["conv1_2"] == "winograd_bf16"
+
+
+def test_a_bf16_plan_within_the_margin_keeps_float32(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "time_conv", fake_timer([]))
+    almost = 1 - tune.MARGIN / 2
+    monkeypatch.setattr(
+        tune, "time_networks", network_timer(lambda p: almost if vgg.uses_bf16(p) else 1.0)
+    )
+    plan = tune.tuned_plan("vgg16", "auto", (40, 56), "relu3_1", cache=tmp_path / "p.json")
+    assert not vgg.uses_bf16(plan)
+
+
+def test_time_networks_runs_each_planned_network():
+    plans = [
+        vgg.conv_plan("vgg16", "auto", "cpu"),
+        vgg.conv_plan("vgg16", "auto", "cpu", "bfloat16"),
+    ]
+    times = tune.time_networks("vgg16", plans, (16, 24), "relu2_1", reps=2)
+    assert len(times) == 2 and all(0 < t < 10 for t in times)
 
 
 def test_unwritable_cache_still_gives_a_plan(tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "time_conv", fake_timer([]))
-    monkeypatch.setattr(tune, "time_network", network_timer(tuned_wins=True))
+    monkeypatch.setattr(tune, "time_networks", network_timer(mixed_wins))
     blocker = tmp_path / "file"
     blocker.write_text("")
     plan = tune.tuned_plan("vgg16", "auto", (16, 16), "relu2_1", cache=blocker / "plans.json")
@@ -122,7 +165,7 @@ def test_auto_with_bf16_units_uses_the_measured_plan(tmp_path, monkeypatch):
     monkeypatch.setenv("NST_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tune, "cpu_flags", lambda: {"avx512_bf16"})
     monkeypatch.setattr(tune, "time_conv", fake_timer([]))
-    monkeypatch.setattr(tune, "time_network", network_timer(tuned_wins=True))
+    monkeypatch.setattr(tune, "time_networks", network_timer(mixed_wins))
     model = make_model(BackboneSpec(compute_dtype="auto"), LOSS, (32, 48))
     assert dict((n, f) for n, f, _ in model.conv_plan)["conv3_1"] == "winograd_bf16"
     assert (tmp_path / tune.CACHE_FILE).is_file()

@@ -119,9 +119,10 @@ def conv_plan(
     convolution has ``WINOGRAD_MIN_CHANNELS`` channels on one side (all but block 1), XLA
     elsewhere and on accelerators (cuDNN picks its own algorithms there).
     ``compute_dtype=bfloat16`` turns every product but the first layer's into its bf16 form:
-    on the CPU Winograd's GEMMs, or XLA's convolution replaced by :func:`im2col_conv`; on
-    accelerators XLA's convolution with bf16 operands. ``auto`` is measured per layer
-    (:mod:`nst.backbones.tune`) and is float32 here, without sizes."""
+    on the CPU F(2x2, 3x3) Winograd's GEMMs (``auto`` and ``winograd``: block 1's 64-channel
+    layers too, whose transforms cost less than bf16 saves there) or, with ``conv=xla``,
+    :func:`im2col_conv`; on accelerators XLA's convolution with bf16 operands. ``auto`` is
+    measured per layer (:mod:`nst.backbones.tune`) and is float32 here, without sizes."""
     if conv not in CONV_CHOICES:
         raise ValueError(f"unknown conv implementation {conv!r}; valid: {', '.join(CONV_CHOICES)}")
     if compute_dtype not in COMPUTE_DTYPES:
@@ -136,9 +137,10 @@ def conv_plan(
             impl = "winograd" if wide else "xla"
         else:
             impl = conv
-        if bf16:
-            direct = "im2col_bf16" if backend == "cpu" else "xla_bf16"
-            impl = "winograd_bf16" if impl == "winograd" else direct
+        if bf16 and backend != "cpu":
+            impl = "xla_bf16"
+        elif bf16:
+            impl = "im2col_bf16" if conv == "xla" else "winograd_bf16"
         impl = "xla" if image_layer(cin) else impl
         plan.append((name, impl, impl))
     return tuple(plan)
