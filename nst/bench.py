@@ -5,7 +5,10 @@
 Each configuration builds the real step of a run (content relu4_2, style relu1_1..relu5_1, Adam,
 pixel clipping; random weights: timing does not depend on their values), compiles it ahead of
 time, runs warm-up calls, then times ``--steps`` steps in calls of ``steps_per_call`` steps as a
-run does. One JSON line per measurement (``--out``) and a markdown table on stdout.
+run does. The configurations of one size (PyTorch's too) are timed in interleaved rounds, one
+call of each per round (``--sequential``: one after the other), so that a machine whose speed
+drifts cannot favour whichever ran in its faster phase. One JSON line per measurement
+(``--out``) and a markdown table on stdout.
 
 FLOPs are analytic: 2·k²·C_in·C_out·H·W per convolution up to the deepest layer, forward plus an
 input-gradient backward of the same cost (no weight gradients are needed); Grams, losses and the
@@ -28,9 +31,9 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -185,22 +188,70 @@ def _summary(times: Sequence[float]) -> dict[str, float]:
     }
 
 
-def bench_jax(
+class Prepared(NamedTuple):
+    """One configuration ready to time: its row so far, one call (blocking until done) and how
+    many steps a call runs."""
+
+    row: dict[str, Any]
+    call: Callable[[], None]
+    steps_per_call: int
+
+
+def time_interleaved(
+    prepared: Sequence[Prepared], calls: Sequence[int], *, interleave: bool = True
+) -> list[list[float]]:
+    """Seconds per step of ``calls[i]`` calls of each configuration. Interleaved (default): in
+    rounds of one call of each configuration that still has calls to make, so that a machine
+    whose speed drifts over seconds (shared hosts do, by tens of percent) slows every
+    configuration alike and their ratios stay honest; otherwise one after the other."""
+    times: list[list[float]] = [[] for _ in prepared]
+
+    def one(i: int) -> None:
+        t = time.perf_counter()
+        prepared[i].call()
+        times[i].append((time.perf_counter() - t) / prepared[i].steps_per_call)
+
+    if interleave:
+        for r in range(max(calls, default=0)):
+            for i, n in enumerate(calls):
+                if r < n:
+                    one(i)
+    else:
+        for i, n in enumerate(calls):
+            for _ in range(n):
+                one(i)
+    return times
+
+
+def finish(p: Prepared, times: Sequence[float]) -> dict[str, Any]:
+    """The row of a timed configuration: medians, spread, rates."""
+    row = {k: v for k, v in p.row.items() if k != "_rate"}
+    row.update(steps=len(times) * p.steps_per_call, **_summary(times))
+    row.update(_rates(row, *p.row["_rate"]))
+    return row
+
+
+def calls_for(steps: int, steps_per_call: int) -> int:
+    # At least 5 timed calls, so the spread means something also when calls hold 10 steps.
+    return max(5, -(-steps // steps_per_call))
+
+
+def prepare_jax(
     arch: str,
     size: int,
     *,
     dtype: str = "float32",
-    steps: int = 10,
     warmup: int = 2,
     remat: bool = False,
     steps_per_call: int = 0,
     batch: int = 0,
     conv: str = "auto",
     compute_dtype: str = "float32",
-) -> dict[str, Any]:
-    """Time the jitted step of one configuration. ``batch`` > 0 times the batched grid step
-    (``batch`` images with their own α/β in one program, :mod:`nst.batch`). ``compute_dtype``
-    as ``backbone.compute_dtype`` (``auto`` measures its plan first, outside the timings)."""
+) -> Prepared:
+    """Build, compile and warm up the jitted step of one configuration. ``batch`` > 0: the
+    batched grid step (``batch`` images with their own α/β in one program, :mod:`nst.batch`).
+    ``compute_dtype`` as ``backbone.compute_dtype`` (``auto`` measures its plan first, outside
+    the timings)."""
     import jax
 
     from nst.backbones import BackboneSpec
@@ -211,8 +262,6 @@ def bench_jax(
 
     backend, dev = device_kind()
     k = steps_per_call or default_steps_per_call()
-    # At least 5 timed calls, so the spread means something also when calls hold 10 steps.
-    calls = max(5, -(-steps // k))
     content, style, inits = _inputs(size, max(batch, 1))
     backbone = BackboneSpec(
         arch=arch, dtype=dtype, remat=remat, conv=conv, compute_dtype=compute_dtype
@@ -222,26 +271,26 @@ def bench_jax(
         backbone, loss, OptimizerSpec(), random_params(arch, 0), content, style, batch=batch or None
     )
     params, targets, weights = prog.params, prog.targets, prog.weights()
-    state = prog.init_state(inits if batch else inits[0])
+    box = [prog.init_state(inits if batch else inits[0])]
     update = prog.update_fn(k)
     _reset_peak_rss()
     t0 = time.perf_counter()
-    compiled = jax.jit(update, donate_argnums=0).lower(state, params, targets, weights).compile()
+    compiled = jax.jit(update, donate_argnums=0).lower(box[0], params, targets, weights).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
+
+    def call() -> None:
+        box[0], _m = compiled(box[0], params, targets, weights)
+        jax.block_until_ready(box[0].image)
+
     for _ in range(warmup):
-        state, _m = compiled(state, params, targets, weights)
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        state, _m = compiled(state, params, targets, weights)
-        jax.block_until_ready(state.image)
-        times.append((time.perf_counter() - t) / k)
+        call()
     h, w = hw_for(size)
     images_per_step = max(batch, 1)
     flops = conv_flops(arch, deepest_layer(arch, loss.layers), h, w) * images_per_step
-    row = {
+    # MFU against the peak of the precision the products run in.
+    peak_dtype = "bfloat16" if dtype == "bfloat16" or compute_dtype == "bfloat16" else "float32"
+    row: dict[str, Any] = {
         "impl": "jax",
         "backbone": arch,
         "size": size,
@@ -257,26 +306,31 @@ def bench_jax(
         "backend": backend,
         "device": dev,
         "steps_per_call": k,
-        "steps": calls * k,
         "compile_s": compile_s,
-        **_summary(times),
+        "_rate": (flops, images_per_step, peak_dtype, dev),
     }
-    # MFU against the peak of the precision the products run in.
-    peak_dtype = "bfloat16" if dtype == "bfloat16" or compute_dtype == "bfloat16" else "float32"
-    row.update(_rates(row, flops, images_per_step, peak_dtype, dev))
     if mem is not None:
         row["xla_temp_bytes"] = int(mem.temp_size_in_bytes)
         row["xla_total_bytes"] = int(
             mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
         )
     if backend == "cpu":
+        # The process's peak by the end of this configuration's warm-up (configurations built
+        # before it for the same interleaved timing are still loaded).
         row["peak_bytes"] = _peak_rss()
     else:
         # The allocator's peak only grows over the process (one H100 run read 32 GiB for every
         # size), so the step's own need comes from XLA's memory analysis of the executable.
         row["device_peak_bytes"] = _device_peak(jax.devices()[0])
         row["peak_bytes"] = row.get("xla_total_bytes")
-    return row
+    return Prepared(row, call, k)
+
+
+def bench_jax(arch: str, size: int, *, steps: int = 10, **kw: Any) -> dict[str, Any]:
+    """Time the jitted step of one configuration (:func:`prepare_jax`'s keywords)."""
+    p = prepare_jax(arch, size, **kw)
+    (times,) = time_interleaved([p], [calls_for(steps, p.steps_per_call)])
+    return finish(p, times)
 
 
 def _plan_counts(model: Any, params: Any) -> dict[str, int]:
@@ -305,15 +359,14 @@ def _rates(row: dict, flops: int, images: int, dtype: str, dev: str) -> dict[str
 TORCH_VARIANTS = ("f32", "channels_last", "bf16_autocast")
 
 
-def bench_torch(
+def prepare_torch(
     arch: str,
     size: int,
     *,
-    steps: int = 10,
     warmup: int = 2,
     device: str = "cpu",
     variant: str = "f32",
-) -> dict[str, Any]:
+) -> Prepared:
     """The identical step in PyTorch eager: same random weights, Caffe preprocessing, relu4_2
     content + relu{1..5}_1 style with Gram/(C·H·W) and mean squared errors, β=1e3, Adam lr 5,
     clamp to 0..255. ``variant``: ``f32``; ``channels_last`` (NHWC tensors, what oneDNN/cuDNN
@@ -398,19 +451,19 @@ def bench_torch(
             img.clamp_(0, 255)
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def call() -> None:
+        step()
+        sync()
+
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     _reset_peak_rss()
     for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t)
+        call()
     h, ww = hw_for(size)
+    dtype = "bfloat16" if variant == "bf16_autocast" else "float32"
+    dev_name = device_kind()[1] if cuda else "cpu"
     row = {
         "impl": "torch",
         "torch_variant": variant,
@@ -418,22 +471,27 @@ def bench_torch(
         "size": size,
         "h": h,
         "w": ww,
-        "dtype": "bfloat16" if variant == "bf16_autocast" else "float32",
+        "dtype": dtype,
         "remat": False,
         "conv": f"{'cudnn' if cuda else 'onednn'} {variant}",
         "batch": 0,
         "backend": dev.type,
-        "device": device_kind()[1] if cuda else "cpu",
+        "device": dev_name,
         "steps_per_call": 1,
-        "steps": steps,
         "compile_s": 0.0,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        **_summary(times),
+        "_rate": (conv_flops(arch, "relu5_1", h, ww), 1, dtype, dev_name),
+        "peak_bytes": torch.cuda.max_memory_allocated() if cuda else _peak_rss(),
     }
-    row.update(_rates(row, conv_flops(arch, "relu5_1", h, ww), 1, row["dtype"], row["device"]))
-    row["peak_bytes"] = torch.cuda.max_memory_allocated() if cuda else _peak_rss()
-    return row
+    return Prepared(row, call, 1)
+
+
+def bench_torch(arch: str, size: int, *, steps: int = 10, **kw: Any) -> dict[str, Any]:
+    """Time the PyTorch step of one configuration (:func:`prepare_torch`'s keywords)."""
+    p = prepare_torch(arch, size, **kw)
+    (times,) = time_interleaved([p], [steps])
+    return finish(p, times)
 
 
 def max_size(arch: str, budget_bytes: int, *, remat: bool, lo: int = 256, hi: int = 8192) -> int:
@@ -665,6 +723,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=TORCH_VARIANTS,
         help="PyTorch configurations to time; jax_over_torch is against the fastest",
     )
+    ap.add_argument(
+        "--sequential",
+        action="store_true",
+        help="time one configuration after the other (default: interleaved rounds, one call of "
+        "each per round, so that drift of the machine's speed hits all alike)",
+    )
     ap.add_argument("--grid", type=int, default=0, help="also time an N-job batched grid")
     ap.add_argument("--max-size", type=float, default=0, help="budget GiB: largest size that fits")
     ap.add_argument("--out", type=Path, help="append JSON lines here")
@@ -696,35 +760,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch_device = "cuda" if backend == "gpu" else "cpu"
     for arch in args.backbone:
         for size in args.sizes:
-            jax_rows = []
-            for dtype in args.dtype:
-                for remat in remats:
-                    for conv in args.conv:
-                        for compute in args.compute_dtype:
-                            r = bench_jax(
-                                arch,
-                                size,
-                                dtype=dtype,
-                                steps=args.steps,
-                                warmup=args.warmup,
-                                remat=remat,
-                                steps_per_call=args.steps_per_call,
-                                conv=conv,
-                                compute_dtype=compute,
-                            )
-                            jax_rows.append(r)
+            prepared = [
+                prepare_jax(
+                    arch,
+                    size,
+                    dtype=dtype,
+                    warmup=args.warmup,
+                    remat=remat,
+                    steps_per_call=args.steps_per_call,
+                    conv=conv,
+                    compute_dtype=compute,
+                )
+                for dtype in args.dtype
+                for remat in remats
+                for conv in args.conv
+                for compute in args.compute_dtype
+            ]
+            n_jax = len(prepared)
             if args.compare_torch:
-                torch_rows = [
-                    bench_torch(
-                        arch,
-                        size,
-                        steps=args.steps,
-                        warmup=args.warmup,
-                        device=torch_device,
-                        variant=v,
-                    )
+                prepared += [
+                    prepare_torch(arch, size, warmup=args.warmup, device=torch_device, variant=v)
                     for v in args.torch_variants
                 ]
+            times = time_interleaved(
+                prepared,
+                [calls_for(args.steps, p.steps_per_call) for p in prepared],
+                interleave=not args.sequential,
+            )
+            done = [finish(p, t) for p, t in zip(prepared, times, strict=True)]
+            jax_rows, torch_rows = done[:n_jax], done[n_jax:]
+            if torch_rows:
                 fastest = min(torch_rows, key=lambda t: t["step_s_median"])
                 for r in jax_rows:
                     # Against the fastest PyTorch configuration, and each one by name.
@@ -734,13 +799,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         r[f"jax_over_torch_{t['torch_variant']}"] = (
                             r["step_s_median"] / t["step_s_median"]
                         )
-                rows += jax_rows + torch_rows
-                for r in [*jax_rows, *torch_rows]:
-                    emit(r)
-            else:
-                rows += jax_rows
-                for r in jax_rows:
-                    emit(r)
+            rows += done
+            for r in done:
+                emit(r)
+            del prepared
     grid_rows = []
     if args.grid:
         for arch in args.backbone:

@@ -39,10 +39,33 @@ def test_floor_flops_counts_winograd_layers_at_a_quarter():
     )
     expect = block1 + (direct - block1) / 4
     assert bench.floor_flops("vgg16", "relu5_1", h, w, conv="auto") == pytest.approx(expect, 1e-9)
-    # bf16 products: F(2x2,3x3) Winograd at 16/36, the im2col form (block 1 but the first) direct.
+    # bf16 products: F(2x2,3x3) Winograd at 16/36 for every layer but the image one (direct).
+    conv1_1 = sum(
+        2 * 2 * kh * kw * cin * cout * h * w
+        for name, (kh, kw, cin, cout) in conv_shapes("vgg16").items()
+        if name == "conv1_1"
+    )
     plan = conv_plan("vgg16", "auto", "cpu", "bfloat16")
     bf16 = bench.floor_flops("vgg16", "relu5_1", h, w, plan=plan)
-    assert bf16 == pytest.approx(block1 + (direct - block1) * 16 / 36, 1e-9)
+    assert bf16 == pytest.approx(conv1_1 + (direct - conv1_1) * 16 / 36, 1e-9)
+    im2col = bench.floor_flops(
+        "vgg16", "relu5_1", h, w, plan=conv_plan("vgg16", "xla", "cpu", "bfloat16")
+    )
+    assert im2col == direct  # the im2col form does the direct products
+
+
+def test_configurations_are_timed_in_interleaved_rounds():
+    order: list[str] = []
+    prepared = [
+        bench.Prepared({"name": n}, lambda n=n: order.append(n), k)
+        for n, k in (("a", 1), ("b", 10), ("c", 1))
+    ]
+    times = bench.time_interleaved(prepared, [3, 2, 3])
+    assert order == ["a", "b", "c", "a", "b", "c", "a", "c"]
+    assert [len(t) for t in times] == [3, 2, 3] and all(x >= 0 for t in times for x in t)
+    order.clear()
+    bench.time_interleaved(prepared, [2, 1, 1], interleave=False)
+    assert order == ["a", "a", "b", "c"]
 
 
 @pytest.mark.slow  # ~42s on a Zen 3 core pair: kept out of the default suite, run by CI's slow step
@@ -75,7 +98,7 @@ def test_bench_command_writes_json_lines_and_table(tmp_path):
     r, r16 = jax_rows
     convs = 11  # VGG16 up to relu5_1; two passes each (forward, input gradient)
     assert set(r["plan"]) <= {"xla", "winograd"} and sum(r["plan"].values()) == 2 * convs
-    assert r16["plan"] == {"xla": 2, "im2col_bf16": 2, "winograd_bf16": 2 * (convs - 2)}
+    assert r16["plan"] == {"xla": 2, "winograd_bf16": 2 * (convs - 1)}
     assert "| auto (bfloat16) |" in p.stdout
     if r["backend"] == "cpu":
         assert "bf16 operands / f32 accumulation" in p.stdout and "roofline (" in p.stdout
