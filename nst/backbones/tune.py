@@ -8,9 +8,10 @@ alone at the layer's shape and timed (forward convolutions and input-gradient on
 convolutions: a layer's backward pass is timed as the flipped kernel's forward). Results are
 cached per CPU model, JAX version, network and size (``$NST_CACHE_DIR/conv-plans.json``), so only
 the first run at a size pays for it. Layers timed alone do not add up exactly to a network
-(fusion, caches), so the chosen plan is kept only if the whole network's forward and input
-gradient also runs faster with it than with the float32 plan. Without bf16 units the float32
-plan is used unmeasured: nothing can get slower there.
+(fusion, caches), so three whole networks' forward and input gradient are timed, the float32
+plan, the per-layer choice and every layer in its bf16 form, and the fastest is kept if it beats
+float32 by ``MARGIN``. Without bf16 units the float32 plan is used unmeasured: nothing can get
+slower there.
 
 Whole networks are compared in interleaved rounds, and every time is the fastest of its calls: on
 a shared host the speed drifts by tens of percent over seconds, and interference only ever adds
@@ -35,6 +36,8 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # A bf16 plan replaces the float32 one only when it is this much faster as a whole network:
 # closer than that is within the timing noise, and float32 products are the exact ones.
 MARGIN = 0.03
+# Part of the cache key: plans measured with earlier implementations of the forms are stale.
+FORMS_VERSION = 2
 
 
 def cpu_flags() -> set[str]:
@@ -153,7 +156,7 @@ def _key(arch: str, conv: str, hw: tuple[int, int], last_layer: str, options: Se
             ",".join(bf16_units()),
             f"{cores} cores",
             f"jax {jax.__version__}",
-            f"nst {nst.__version__}",
+            f"nst {nst.__version__} forms {FORMS_VERSION}",
             os.environ.get("XLA_FLAGS", ""),
             arch,
             conv,
