@@ -586,10 +586,22 @@ def _conv_label(r: dict[str, Any]) -> str:
     return f"{r['conv']} ({compute}{mix})"
 
 
-def conv_layer_bench(arch: str, size: int, steps: int = 10) -> list[dict[str, Any]]:
-    """Every convolution of ``arch`` at its resolution for a ``size`` px image, forward and
-    input-gradient (a C_out -> C_in convolution), timed with each implementation: the
-    measurements behind :data:`nst.backbones.vgg.WINOGRAD_MIN_CHANNELS`."""
+def conv_forms(backend: str) -> tuple[str, ...]:
+    """The convolution forms ``--conv-layers`` times: on the CPU the float32 ones and their bf16
+    forms (what ``compute_dtype=auto`` chooses between), elsewhere XLA's in both precisions."""
+    if backend == "cpu":
+        return ("xla", "winograd", "winograd_bf16", "im2col_bf16")
+    return ("xla", "xla_bf16")
+
+
+def conv_layer_bench(
+    arch: str, size: int, steps: int = 10, layers: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Every convolution of ``arch`` (or of ``layers``) at its resolution for a ``size`` px
+    image, forward and input-gradient (a C_out -> C_in convolution), in each of
+    :func:`conv_forms`, each compiled alone and timed in interleaved rounds (fastest of ``steps``
+    calls): the measurements behind :data:`nst.backbones.vgg.WINOGRAD_MIN_CHANNELS` and the
+    forms ``compute_dtype=auto`` picks from."""
     import jax
     import jax.numpy as jnp
 
@@ -598,14 +610,16 @@ def conv_layer_bench(arch: str, size: int, steps: int = 10) -> list[dict[str, An
     backend, dev = device_kind()
     h, w = hw_for(size)
     plan = {n: (f, b) for n, f, b in vgg.conv_plan(arch, "auto", backend)}
+    forms = conv_forms(backend)
     rng = np.random.default_rng(0)
     rows = []
     for name, (_, _, cin, cout) in vgg.conv_shapes(arch).items():
+        if layers is not None and name not in layers:
+            continue
         s = 2 ** vgg.downsampling(arch, name)
         for direction, (ci, co) in (("forward", (cin, cout)), ("input-gradient", (cout, cin))):
             x = jnp.asarray(rng.standard_normal((1, h // s, w // s, ci)), jnp.float32)
-            k = jnp.asarray(rng.standard_normal((3, 3, ci, co)) / np.sqrt(9 * ci), jnp.float32)
-            p = vgg_net.prepare_params({"c": {"kernel": k}}, [("c", "winograd", "xla")])["c"]
+            k = np.asarray(rng.standard_normal((3, 3, ci, co)) / np.sqrt(9 * ci), np.float32)
             row: dict[str, Any] = {
                 "impl": "conv",
                 "backbone": arch,
@@ -617,33 +631,41 @@ def conv_layer_bench(arch: str, size: int, steps: int = 10) -> list[dict[str, An
                 "c_in": ci,
                 "c_out": co,
                 "flops": 2 * 9 * ci * co * (h // s) * (w // s),
-                "auto": plan[name][0 if direction == "forward" else 1],
+                "float32_plan": plan[name][0 if direction == "forward" else 1],
             }
-            for impl, weight in (("xla", k), ("winograd", p["fwd"])):
+            calls = []
+            for impl in forms:
+                wt = jax.device_put(vgg_net.kernel_for(impl, k))
                 f = jax.jit(lambda x, wt, impl=impl: vgg_net.conv_impl(impl, x, wt))
-                jax.block_until_ready(f(x, weight))
-                times = []
-                for _ in range(max(steps, 3)):
-                    t = time.perf_counter()
-                    jax.block_until_ready(f(x, weight))
-                    times.append(time.perf_counter() - t)
-                row[f"{impl}_ms"] = 1e3 * statistics.median(times)
-            row["winograd_speedup"] = row["xla_ms"] / row["winograd_ms"]
+                f = f.lower(x, wt).compile()
+                jax.block_until_ready(f(x, wt))
+                calls.append(
+                    Prepared({}, lambda f=f, x=x, wt=wt: jax.block_until_ready(f(x, wt)), 1)
+                )
+            times = time_interleaved(calls, [max(steps, 3)] * len(calls))
+            for impl, ts in zip(forms, times, strict=True):
+                row[f"{impl}_ms"] = 1e3 * min(ts)
+            row["fastest"] = min(forms, key=lambda i: row[f"{i}_ms"])
+            if "winograd" in forms:
+                row["winograd_speedup"] = row["xla_ms"] / row["winograd_ms"]
             rows.append(row)
     return rows
 
 
 def conv_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table of :func:`conv_layer_bench` rows."""
+    forms = [k[: -len("_ms")] for k in rows[0] if k.endswith("_ms")] if rows else []
     lines = [
-        "| layer | direction | HxW | C_in->C_out | xla ms | winograd ms | speedup | auto |",
-        "|" + "---|" * 8,
+        "| layer | direction | HxW | C_in->C_out | "
+        + " | ".join(f"{f} ms" for f in forms)
+        + " | fastest | float32 plan |",
+        "|" + "---|" * (6 + len(forms)),
     ]
     for r in rows:
         lines.append(
-            f"| {r['layer']} | {r['direction']} | {r['h']}x{r['w']} | {r['c_in']}->{r['c_out']} "
-            f"| {r['xla_ms']:.2f} | {r['winograd_ms']:.2f} | {r['winograd_speedup']:.2f} "
-            f"| {r['auto']} |"
+            f"| {r['layer']} | {r['direction']} | {r['h']}x{r['w']} | {r['c_in']}->{r['c_out']} | "
+            + " | ".join(f"{r[f + '_ms']:.2f}" for f in forms)
+            + f" | {r['fastest']} | {r['float32_plan']} |"
         )
     return "\n".join(lines)
 
@@ -713,7 +735,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--conv-layers",
         action="store_true",
-        help="also time every convolution alone, forward and input-gradient, xla vs winograd",
+        help="also time every convolution alone, forward and input-gradient, in each form "
+        "(CPU: xla, winograd and their bf16 forms)",
     )
     ap.add_argument("--compare-torch", action="store_true", help="also time PyTorch eager")
     ap.add_argument(

@@ -54,6 +54,27 @@ def test_floor_flops_counts_winograd_layers_at_a_quarter():
     assert im2col == direct  # the im2col form does the direct products
 
 
+def test_conv_layers_times_every_form_of_each_layer():
+    rows = bench.conv_layer_bench("vgg16", 32, steps=3, layers=["conv1_2", "conv3_1"])
+    assert [(r["layer"], r["direction"]) for r in rows] == [
+        ("conv1_2", "forward"),
+        ("conv1_2", "input-gradient"),
+        ("conv3_1", "forward"),
+        ("conv3_1", "input-gradient"),
+    ]
+    forms = bench.conv_forms("cpu")
+    assert "winograd_bf16" in forms and "im2col_bf16" in forms
+    for r in rows:
+        assert all(r[f"{f}_ms"] > 0 for f in forms)
+        assert r["fastest"] == min(forms, key=lambda f: r[f"{f}_ms"])
+    back = rows[3]  # conv3_1 at 24x32 / 4; its input gradient is a 256 -> 128 convolution
+    assert (back["h"], back["w"], back["c_in"], back["c_out"]) == (6, 8, 256, 128)
+    assert rows[0]["float32_plan"] == "xla" and back["float32_plan"] == "winograd"
+    table = bench.conv_table(rows)
+    assert "| conv3_1 | input-gradient | 6x8 | 256->128 |" in table
+    assert "| winograd_bf16 ms |" in table and table.count("\n") == 1 + len(rows)
+
+
 def test_configurations_are_timed_in_interleaved_rounds():
     order: list[str] = []
     prepared = [

@@ -126,11 +126,17 @@ def test_conv_plan_rules():
     assert forced["conv1_1"] == ("xla", "xla") and forced["conv1_2"] == ("winograd", "winograd")
     with pytest.raises(ValueError, match="valid: auto, xla, winograd"):
         vgg.conv_plan("vgg16", "fft", "cpu")
-    # bf16 products everywhere but the 3-channel first layer: Winograd's where it ran, the
-    # direct (im2col) form where XLA's convolution did.
+    # bf16 products everywhere but the 3-channel first layer: F(2x2) Winograd's, block 1's
+    # 64-channel layers included; with conv=xla the direct (im2col) form.
     bf16 = {n: (f, b) for n, f, b in vgg.conv_plan("vgg16", "auto", "cpu", "bfloat16")}
-    assert bf16["conv1_1"] == ("xla", "xla") and bf16["conv1_2"] == ("im2col_bf16",) * 2
+    assert bf16["conv1_1"] == ("xla", "xla") and bf16["conv1_2"] == ("winograd_bf16",) * 2
     assert bf16["conv2_1"] == bf16["conv5_3"] == ("winograd_bf16",) * 2
+    assert vgg.conv_plan("vgg16", "winograd", "cpu", "bfloat16") == vgg.conv_plan(
+        "vgg16", "auto", "cpu", "bfloat16"
+    )
+    direct = {n: (f, b) for n, f, b in vgg.conv_plan("vgg16", "xla", "cpu", "bfloat16")}
+    assert direct["conv1_1"] == ("xla", "xla")
+    assert direct["conv1_2"] == direct["conv5_3"] == ("im2col_bf16",) * 2
     # On accelerators XLA's convolution (cuDNN) stays, with bf16 operands.
     gpu16 = {n: (f, b) for n, f, b in vgg.conv_plan("vgg16", "auto", "gpu", "bfloat16")}
     assert gpu16["conv1_1"] == ("xla", "xla") and gpu16["conv5_1"] == ("xla_bf16",) * 2
