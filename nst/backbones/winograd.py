@@ -91,9 +91,9 @@ def input_transform(x: jnp.ndarray, m: int = M_OUT) -> jnp.ndarray:
     stride m) of the input padded by 1 (SAME), ``th = ceil(H/m)``, ``tw = ceil(W/m)``.
 
     Separable, as sums of strided views: each of the t rows of B^T combines t row views (most
-    coefficients are 0 or +-1), then the same along columns. XLA fuses each pass into one loop
-    over the data; the same products written as two small dots ran ~2x slower (a dot is a
-    fusion boundary, so the stacking, the dot and the cast were separate passes)."""
+    coefficients are 0 or +-1), then the same along columns. XLA fuses each pass, and a cast
+    of the result, into one loop over the data; written as two small dots (fusion boundaries)
+    the stacking, each dot and the cast were separate passes (docs/performance.md)."""
     n, h, w, c = x.shape
     tile = m + 2
     th, tw = -(-h // m), -(-w // m)
