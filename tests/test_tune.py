@@ -199,7 +199,7 @@ def test_bf16_compute_run_matches_float32_quality():
     for k in ("style", "content"):
         a, b = f32.final[k], bf16.final[k]
         assert abs(b - a) <= 0.02 * a, (k, a, b)
-    # The images: a few levels of 255 apart on average (5.6 measured on a Zen 4; stylization
-    # moves the pixels ~35 from the photo at this size), a mean over the image, not a max.
+    # The images: a few levels of 255 apart on average, where stylization moves the pixels
+    # ~35 from the photo at this size (docs/performance.md); a mean over the image, not a max.
     diff = np.abs(f32.image.astype(np.float64) - bf16.image).mean()
     assert diff < 8.0, diff
