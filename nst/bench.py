@@ -6,9 +6,9 @@ Each configuration builds the real step of a run (content relu4_2, style relu1_1
 pixel clipping; random weights: timing does not depend on their values), compiles it ahead of
 time, runs warm-up calls, then times ``--steps`` steps in calls of ``steps_per_call`` steps as a
 run does. The configurations of one size (PyTorch's too) are timed in interleaved rounds, one
-call of each per round (``--sequential``: one after the other), so that a machine whose speed
-drifts cannot favour whichever ran in its faster phase. One JSON line per measurement
-(``--out``) and a markdown table on stdout.
+call of each per round (``--sequential``: each built, timed and released in turn), so that a
+machine whose speed drifts cannot favour whichever ran in its faster phase. One JSON line per
+measurement (``--out``) and a markdown table on stdout.
 
 FLOPs are analytic: 2·k²·C_in·C_out·H·W per convolution up to the deepest layer, forward plus an
 input-gradient backward of the same cost (no weight gradients are needed); Grams, losses and the
@@ -25,6 +25,7 @@ memory budget, with and without ``remat``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -236,6 +237,25 @@ def calls_for(steps: int, steps_per_call: int) -> int:
     return max(5, -(-steps // steps_per_call))
 
 
+def run_configs(
+    builders: Sequence[Callable[[], Prepared]], steps: int, *, interleave: bool = True
+) -> list[dict[str, Any]]:
+    """Rows of the configurations ``builders`` make, ``steps`` steps each: all built and warmed
+    up, then timed in interleaved rounds (:func:`time_interleaved`); or, without ``interleave``,
+    each built, timed and released before the next is built."""
+    if not interleave:
+        rows = []
+        for build in builders:
+            p = build()
+            (times,) = time_interleaved([p], [calls_for(steps, p.steps_per_call)])
+            rows.append(finish(p, times))
+            del p
+        return rows
+    prepared = [build() for build in builders]
+    times = time_interleaved(prepared, [calls_for(steps, p.steps_per_call) for p in prepared])
+    return [finish(p, t) for p, t in zip(prepared, times, strict=True)]
+
+
 def prepare_jax(
     arch: str,
     size: int,
@@ -328,9 +348,7 @@ def prepare_jax(
 
 def bench_jax(arch: str, size: int, *, steps: int = 10, **kw: Any) -> dict[str, Any]:
     """Time the jitted step of one configuration (:func:`prepare_jax`'s keywords)."""
-    p = prepare_jax(arch, size, **kw)
-    (times,) = time_interleaved([p], [calls_for(steps, p.steps_per_call)])
-    return finish(p, times)
+    return run_configs([lambda: prepare_jax(arch, size, **kw)], steps)[0]
 
 
 def _plan_counts(model: Any, params: Any) -> dict[str, int]:
@@ -489,9 +507,7 @@ def prepare_torch(
 
 def bench_torch(arch: str, size: int, *, steps: int = 10, **kw: Any) -> dict[str, Any]:
     """Time the PyTorch step of one configuration (:func:`prepare_torch`'s keywords)."""
-    p = prepare_torch(arch, size, **kw)
-    (times,) = time_interleaved([p], [steps])
-    return finish(p, times)
+    return run_configs([lambda: prepare_torch(arch, size, **kw)], steps)[0]
 
 
 def max_size(arch: str, budget_bytes: int, *, remat: bool, lo: int = 256, hi: int = 8192) -> int:
@@ -670,7 +686,9 @@ def conv_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def grid_bench(arch: str, size: int, jobs: int, steps: int, warmup: int) -> dict[str, Any]:
+def grid_bench(
+    arch: str, size: int, jobs: int, steps: int, warmup: int, *, interleave: bool = True
+) -> dict[str, Any]:
     """A ``jobs``-job α/β grid: the sequential per-job step time x jobs vs one batched step.
 
     With it a roofline for batching: every job has its own image, so a batch of B does B times
@@ -680,8 +698,14 @@ def grid_bench(arch: str, size: int, jobs: int, steps: int, warmup: int) -> dict
     from nst.backbones.vgg import deepest_layer
     from nst.loss_spec import LossSpec
 
-    seq = bench_jax(arch, size, steps=steps, warmup=warmup)
-    bat = bench_jax(arch, size, steps=steps, warmup=warmup, batch=jobs)
+    seq, bat = run_configs(
+        [
+            lambda: prepare_jax(arch, size, warmup=warmup),
+            lambda: prepare_jax(arch, size, warmup=warmup, batch=jobs),
+        ],
+        steps,
+        interleave=interleave,
+    )
     h, w = hw_for(size)
     floor = floor_flops(arch, deepest_layer(arch, LossSpec().layers), h, w)
     gemm = gemm_flops_per_s()
@@ -749,8 +773,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--sequential",
         action="store_true",
-        help="time one configuration after the other (default: interleaved rounds, one call of "
-        "each per round, so that drift of the machine's speed hits all alike)",
+        help="build, time and release one configuration after the other (default: all of a size "
+        "built first, then timed in interleaved rounds, one call of each per round, so that "
+        "drift of the machine's speed hits all alike; peak MiB then includes those built before)",
     )
     ap.add_argument("--grid", type=int, default=0, help="also time an N-job batched grid")
     ap.add_argument("--max-size", type=float, default=0, help="budget GiB: largest size that fits")
@@ -783,8 +808,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch_device = "cuda" if backend == "gpu" else "cpu"
     for arch in args.backbone:
         for size in args.sizes:
-            prepared = [
-                prepare_jax(
+            builders: list[Callable[[], Prepared]] = [
+                functools.partial(
+                    prepare_jax,
                     arch,
                     size,
                     dtype=dtype,
@@ -799,18 +825,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for conv in args.conv
                 for compute in args.compute_dtype
             ]
-            n_jax = len(prepared)
+            n_jax = len(builders)
             if args.compare_torch:
-                prepared += [
-                    prepare_torch(arch, size, warmup=args.warmup, device=torch_device, variant=v)
+                builders += [
+                    functools.partial(
+                        prepare_torch,
+                        arch,
+                        size,
+                        warmup=args.warmup,
+                        device=torch_device,
+                        variant=v,
+                    )
                     for v in args.torch_variants
                 ]
-            times = time_interleaved(
-                prepared,
-                [calls_for(args.steps, p.steps_per_call) for p in prepared],
-                interleave=not args.sequential,
-            )
-            done = [finish(p, t) for p, t in zip(prepared, times, strict=True)]
+            done = run_configs(builders, args.steps, interleave=not args.sequential)
             jax_rows, torch_rows = done[:n_jax], done[n_jax:]
             if torch_rows:
                 fastest = min(torch_rows, key=lambda t: t["step_s_median"])
@@ -825,12 +853,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows += done
             for r in done:
                 emit(r)
-            del prepared
     grid_rows = []
     if args.grid:
         for arch in args.backbone:
             for size in args.sizes:
-                g = grid_bench(arch, size, args.grid, args.steps, args.warmup)
+                g = grid_bench(
+                    arch, size, args.grid, args.steps, args.warmup, interleave=not args.sequential
+                )
                 grid_rows.append(g)
                 emit(g)
     conv_rows = []

@@ -1,5 +1,5 @@
-"""``backbone.compute_dtype=auto``: for each convolution and direction, the implementation that
-measures fastest on this machine at the run's image size.
+"""``backbone.compute_dtype=auto``: the conv plan that measures fastest on this machine at the
+run's image size, from forms timed per convolution and direction.
 
 Which form wins depends on the CPU more than on anything a rule could state: bf16 GEMMs run ~1.8x
 the f32 rate with AVX512-BF16 and ~5x with AMX, while the transforms and gathers around them cost
@@ -33,7 +33,7 @@ import numpy as np
 
 CACHE_FILE = "conv-plans.json"
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-# A bf16 plan replaces the float32 one only when it is this much faster as a whole network:
+# Another plan replaces the float32 one only when it is this much faster as a whole network:
 # closer than that is within the timing noise, and float32 products are the exact ones.
 MARGIN = 0.03
 # Part of the cache key: plans measured with earlier implementations of the forms are stale.
@@ -188,10 +188,12 @@ def tuned_plan(
     reps: int = 5,
     cache: Path | None = None,
 ) -> tuple[tuple[str, str, str], ...]:
-    """The plan (:func:`nst.backbones.vgg.conv_plan`'s form) whose every convolution and
-    direction up to ``last_layer`` runs as the fastest of ``options`` (default:
-    :func:`candidates` of ``conv``) at an ``hw`` image, measured here or read from ``cache``
-    (default: the nst cache directory; a file that cannot be written just is not)."""
+    """The plan (:func:`nst.backbones.vgg.conv_plan`'s form) for an ``hw`` image up to
+    ``last_layer``, measured here or read from ``cache`` (default: the nst cache directory; a
+    file that cannot be written just is not): each convolution and direction is timed in every
+    form of ``options`` (default: :func:`candidates` of ``conv``), then the fastest of three
+    whole networks is kept, float32, each layer in its fastest form, every layer in its bf16
+    form, unless it beats float32 by less than ``MARGIN``."""
     from nst.backbones.vgg import conv_plan, conv_shapes, downsampling, image_layer, layer_names
 
     options = tuple(options or candidates(conv))
@@ -241,7 +243,7 @@ def tuned_plan(
     plans = list(dict.fromkeys(plans))  # distinct, float32 first
     plan = list(base)
     if len(plans) > 1:
-        times = time_networks(arch, plans, hw, last_layer)
+        times = time_networks(arch, plans, hw, last_layer, reps)
         best = min(range(len(plans)), key=times.__getitem__)
         if times[best] < (1 - MARGIN) * times[0]:
             plan = list(plans[best])

@@ -103,9 +103,10 @@ def validate_layers(arch: str, names: Sequence[str]) -> None:
 # float32 (the CPU's bf16 matrix units: AVX512-BF16, AMX; tensor cores); activations, Grams,
 # losses, the optimizer and the image stay float32 (backbone.compute_dtype).
 CONV_IMPLS = ("xla", "winograd", "winograd_bf16", "im2col_bf16", "xla_bf16")
-# Winograd pays off on XLA:CPU once a convolution has >= 128 channels on one side (measured per
-# layer and direction by `nst-bench --conv-layers`: 1.3-2.5x; 2x slower for 64 -> 64, where the
-# memory-bound transforms cost more than the multiplies they save).
+# The float32 plan runs Winograd where a convolution has >= 128 channels on one side, where it
+# pays on every CPU measured; block 1's 64-channel layers keep XLA's convolution until the fused
+# transforms' gain there is measured beyond one CPU (docs/performance.md, `nst-bench
+# --conv-layers`), as a changed float32 plan must not be slower anywhere.
 WINOGRAD_MIN_CHANNELS = 128
 
 

@@ -7,8 +7,8 @@ Y = A^T [ (G g G^T) ⊙ (B^T d B) ] A, summed over input channels; the ⊙/sum i
 (36, tiles, C_in) x (36, C_in, C_out).
 
 On XLA:CPU the GEMMs run about as fast per FLOP as its direct convolution, so layers with
->= 128 channels run several times faster; at 64 channels the memory-bound transforms eat most of
-the gain (``nst-bench --conv-layers`` times each layer; docs/performance.md). The kernel
+>= 128 channels run faster; at 64 channels the memory-bound transforms eat much of the gain
+(``nst-bench --conv-layers`` times each layer; docs/performance.md). The kernel
 transform G g G^T depends only on the weights, so it is computed once per run
 (:func:`transform_kernel`), never per step.
 
