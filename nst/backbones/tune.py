@@ -121,20 +121,22 @@ def time_networks(
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (1, *hw, 3)), jnp.float32)
     runs = []
     for plan in plans:
-        params = prepare_params(raw, plan)
+        # The weights are arguments, as in a run's step: captured, they would be compiled in as
+        # constants (a copy per plan, and slower compiles).
+        params = jax.device_put(prepare_params(raw, plan))
 
-        def loss(x: jnp.ndarray, params=params, plan=tuple(plan)) -> jnp.ndarray:
+        def loss(x: jnp.ndarray, params: dict, plan=tuple(plan)) -> jnp.ndarray:
             feats = apply_vgg(params, x, arch=arch, last_layer=last_layer, conv_plan=plan)
             return jnp.mean(feats[last_layer] ** 2)
 
-        fn = jax.jit(jax.grad(loss)).lower(x).compile()
-        jax.block_until_ready(fn(x))
-        runs.append(fn)
+        fn = jax.jit(jax.grad(loss)).lower(x, params).compile()
+        jax.block_until_ready(fn(x, params))
+        runs.append((fn, params))
     times = [[] for _ in runs]
     for _ in range(reps):
-        for fn, ts in zip(runs, times, strict=True):
+        for (fn, params), ts in zip(runs, times, strict=True):
             t0 = time.perf_counter()
-            jax.block_until_ready(fn(x))
+            jax.block_until_ready(fn(x, params))
             ts.append(time.perf_counter() - t0)
     return [min(ts) for ts in times]
 
