@@ -784,12 +784,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import jax
 
+    from nst.backbones import tune
+
     backend, dev = device_kind()
+    flags = tune.cpu_flags()
     meta = {
         "jax": jax.__version__,
         "backend": backend,
         "device": dev,
         "host": platform.node(),
+        # Which CPU: results move with it more than with anything else on this list.
+        "cpu": tune.cpu_name(),
+        "cpu_isa": next((f for f in ("avx512f", "avx2") if f in flags), "other"),
+        "cpu_bf16": ",".join(tune.bf16_units(flags)),
         "cpus": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

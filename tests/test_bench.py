@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from nst import bench
+from nst.backbones import tune
 from nst.backbones.vgg import conv_plan, conv_shapes
 from tests.conftest import REPO
 
@@ -150,6 +151,7 @@ def test_bench_command_writes_json_lines_and_table(tmp_path):
     assert r["flops_per_step"] == bench.conv_flops("vgg16", "relu5_1", 48, 64)
     assert r["compile_s"] > 0 and r["steps_per_s"] > 0 and r["peak_bytes"] > 0
     assert "| jax | vgg16 | 48x64 | float32 |" in p.stdout
+    assert r["meta_cpu"] == tune.cpu_name() and r["meta_cpu_bf16"] == ",".join(tune.bf16_units())
     if torch == 0:  # every PyTorch variant, and the ratio against the fastest of them
         ts = {x["torch_variant"]: x for x in rows if x["impl"] == "torch"}
         assert set(ts) == {"f32", "channels_last", "bf16_autocast"}
