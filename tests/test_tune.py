@@ -73,7 +73,12 @@ def test_tuned_plan_picks_the_fastest_form_per_direction_and_caches(tmp_path, mo
     # Each distinct (size, channels) is timed once per candidate; shapes are per layer's size.
     assert len(calls) == len(set(calls))
     assert ("xla", (20, 28, 64, 128)) in calls and ("xla", (10, 14, 128, 256)) in calls
-    assert "timing 4 convolution forms per layer" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "timing 4 convolution forms per layer" in err
+    # What it chose, and the whole-network times it chose by (the fake clock's seconds).
+    bf16_passes = sum(i.endswith("_bf16") for _, f, b in plan for i in (f, b))
+    assert f"conv plan at 40x56: per-layer, {bf16_passes} of 10 passes in bf16 (" in err
+    assert "float32 2000 ms, per-layer 1000 ms, all-bf16 2000 ms)" in err
     # Cached: the second call measures nothing and says nothing.
     monkeypatch.setattr(tune, "time_conv", lambda *a, **k: pytest.fail("measured again"))
     assert tune.tuned_plan("vgg16", "auto", (40, 56), "relu3_1", cache=cache) == plan

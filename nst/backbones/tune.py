@@ -239,16 +239,26 @@ def tuned_plan(
     # and every layer in its bf16 form.
     base = tuple(p for p in conv_plan(arch, conv, "cpu") if p[0] in shapes)
     uniform = tuple(p for p in conv_plan(arch, conv, "cpu", "bfloat16") if p[0] in shapes)
-    plans = [base, tuple(plan)]
+    named = {base: "float32", tuple(plan): "per-layer"}
     if all(i in options for _, f, b in uniform for i in (f, b) if i != "xla"):
-        plans.append(uniform)
-    plans = list(dict.fromkeys(plans))  # distinct, float32 first
+        named.setdefault(uniform, "all-bf16")
+    plans = list(named)  # distinct, float32 first
     plan = list(base)
+    timed = ""
     if len(plans) > 1:
         times = time_networks(arch, plans, hw, last_layer, reps)
         best = min(range(len(plans)), key=times.__getitem__)
         if times[best] < (1 - MARGIN) * times[0]:
             plan = list(plans[best])
+        timed = ", ".join(f"{named[p]} {1e3 * t:.0f} ms" for p, t in zip(plans, times, strict=True))
+        timed = f" ({timed})"
+    passes = [i for _, f, b in plan for i in (f, b)]
+    print(
+        f"nst: conv plan at {hw[0]}x{hw[1]}: {named[tuple(plan)]}, "
+        f"{sum(i.endswith('_bf16') for i in passes)} of {len(passes)} passes in bf16{timed}",
+        file=sys.stderr,
+        flush=True,
+    )
     known = _read(cache)  # again: another process may have added its sizes meanwhile
     known[key] = [list(p) for p in plan]
     _write(cache, known)
