@@ -170,12 +170,13 @@ def test_planned_network_equals_flax_module(vgg16_params, conv):
     np.testing.assert_allclose(g, g_ref, atol=1e-3 * float(jnp.abs(g_ref).max()))
 
 
-def test_vmapped_conv_folds_the_batch_and_matches_per_image():
+@pytest.mark.parametrize("form", ["winograd", "winograd_bf16"])
+def test_vmapped_conv_folds_the_batch_and_matches_per_image(form):
     """Under vmap (the batched grid) each image gets exactly its own convolution and gradient."""
     rng = np.random.default_rng(3)
     xs = jnp.asarray(rng.standard_normal((3, 1, 10, 12, 8)).astype(np.float32))
     k = jnp.asarray(rng.standard_normal((3, 3, 8, 128)).astype(np.float32))
-    impls = ("winograd", "winograd")
+    impls = (form, form)
     p = vgg_net.prepare_params({"c": {"kernel": k, "bias": jnp.zeros(128)}}, [("c", *impls)])["c"]
 
     def f(x):
