@@ -190,12 +190,14 @@ def _summary(times: Sequence[float]) -> dict[str, float]:
 
 
 class Prepared(NamedTuple):
-    """One configuration ready to time: its row so far, one call (blocking until done) and how
-    many steps a call runs."""
+    """One configuration ready to time: its row so far, one call (blocking until done), how
+    many steps a call runs, and what :func:`_rates` needs besides the times (FLOPs per step,
+    images per step, the products' dtype, the device)."""
 
     row: dict[str, Any]
     call: Callable[[], None]
     steps_per_call: int
+    rate: tuple[int, int, str, str] = (0, 1, "float32", "cpu")
 
 
 def time_interleaved(
@@ -226,9 +228,8 @@ def time_interleaved(
 
 def finish(p: Prepared, times: Sequence[float]) -> dict[str, Any]:
     """The row of a timed configuration: medians, spread, rates."""
-    row = {k: v for k, v in p.row.items() if k != "_rate"}
-    row.update(steps=len(times) * p.steps_per_call, **_summary(times))
-    row.update(_rates(row, *p.row["_rate"]))
+    row = {**p.row, "steps": len(times) * p.steps_per_call, **_summary(times)}
+    row.update(_rates(row, *p.rate))
     return row
 
 
@@ -327,7 +328,6 @@ def prepare_jax(
         "device": dev,
         "steps_per_call": k,
         "compile_s": compile_s,
-        "_rate": (flops, images_per_step, peak_dtype, dev),
     }
     if mem is not None:
         row["xla_temp_bytes"] = int(mem.temp_size_in_bytes)
@@ -343,7 +343,7 @@ def prepare_jax(
         # size), so the step's own need comes from XLA's memory analysis of the executable.
         row["device_peak_bytes"] = _device_peak(jax.devices()[0])
         row["peak_bytes"] = row.get("xla_total_bytes")
-    return Prepared(row, call, k)
+    return Prepared(row, call, k, (flops, images_per_step, peak_dtype, dev))
 
 
 def bench_jax(arch: str, size: int, *, steps: int = 10, **kw: Any) -> dict[str, Any]:
@@ -499,10 +499,9 @@ def prepare_torch(
         "compile_s": 0.0,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "_rate": (conv_flops(arch, "relu5_1", h, ww), 1, dtype, dev_name),
         "peak_bytes": torch.cuda.max_memory_allocated() if cuda else _peak_rss(),
     }
-    return Prepared(row, call, 1)
+    return Prepared(row, call, 1, (conv_flops(arch, "relu5_1", h, ww), 1, dtype, dev_name))
 
 
 def bench_torch(arch: str, size: int, *, steps: int = 10, **kw: Any) -> dict[str, Any]:
@@ -618,24 +617,18 @@ def conv_layer_bench(
     :func:`conv_forms`, each compiled alone and timed in interleaved rounds (fastest of ``steps``
     calls): the measurements behind :data:`nst.backbones.vgg.WINOGRAD_MIN_CHANNELS` and the
     forms ``compute_dtype=auto`` picks from."""
-    import jax
-    import jax.numpy as jnp
-
-    from nst.backbones import vgg, vgg_net
+    from nst.backbones import tune, vgg
 
     backend, dev = device_kind()
     h, w = hw_for(size)
     plan = {n: (f, b) for n, f, b in vgg.conv_plan(arch, "auto", backend)}
     forms = conv_forms(backend)
-    rng = np.random.default_rng(0)
     rows = []
     for name, (_, _, cin, cout) in vgg.conv_shapes(arch).items():
         if layers is not None and name not in layers:
             continue
         s = 2 ** vgg.downsampling(arch, name)
         for direction, (ci, co) in (("forward", (cin, cout)), ("input-gradient", (cout, cin))):
-            x = jnp.asarray(rng.standard_normal((1, h // s, w // s, ci)), jnp.float32)
-            k = np.asarray(rng.standard_normal((3, 3, ci, co)) / np.sqrt(9 * ci), np.float32)
             row: dict[str, Any] = {
                 "impl": "conv",
                 "backbone": arch,
@@ -649,18 +642,8 @@ def conv_layer_bench(
                 "flops": 2 * 9 * ci * co * (h // s) * (w // s),
                 "float32_plan": plan[name][0 if direction == "forward" else 1],
             }
-            calls = []
-            for impl in forms:
-                wt = jax.device_put(vgg_net.kernel_for(impl, k))
-                f = jax.jit(lambda x, wt, impl=impl: vgg_net.conv_impl(impl, x, wt))
-                f = f.lower(x, wt).compile()
-                jax.block_until_ready(f(x, wt))
-                calls.append(
-                    Prepared({}, lambda f=f, x=x, wt=wt: jax.block_until_ready(f(x, wt)), 1)
-                )
-            times = time_interleaved(calls, [max(steps, 3)] * len(calls))
-            for impl, ts in zip(forms, times, strict=True):
-                row[f"{impl}_ms"] = 1e3 * min(ts)
+            for impl, t in tune.time_convs(forms, (h // s, w // s, ci, co), max(steps, 3)).items():
+                row[f"{impl}_ms"] = 1e3 * t
             row["fastest"] = min(forms, key=lambda i: row[f"{i}_ms"])
             if "winograd" in forms:
                 row["winograd_speedup"] = row["xla_ms"] / row["winograd_ms"]

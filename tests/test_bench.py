@@ -98,8 +98,8 @@ def test_run_configs_builds_all_then_interleaves_or_builds_each_in_turn():
     def builder(name: str):
         def build():
             log.append(f"build {name}")
-            row = {"name": name, "h": 1, "w": 1, "_rate": (1e9, 1, "float32", "cpu")}
-            return bench.Prepared(row, lambda: log.append(name), 1)
+            row = {"name": name, "h": 1, "w": 1}
+            return bench.Prepared(row, lambda: log.append(name), 1, (1e9, 1, "float32", "cpu"))
 
         return build
 

@@ -26,7 +26,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -77,10 +77,24 @@ def candidates(conv: str) -> tuple[str, ...]:
     }[conv]
 
 
-def time_conv(impl: str, shape: tuple[int, int, int, int], reps: int = 5) -> float:
-    """Seconds of the fastest of ``reps`` calls of one ``impl`` convolution of a
-    ``(1, h, w, cin)`` input to ``cout`` channels (``shape = (h, w, cin, cout)``), compiled alone,
-    after one warm-up call."""
+def _fastest_interleaved(calls: Sequence[Callable[[], object]], reps: int) -> list[float]:
+    """Seconds of the fastest of ``reps`` calls of each callable (each blocks until done),
+    called in rounds of one call each: a drifting machine slows them alike."""
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(reps):
+        for call, ts in zip(calls, times, strict=True):
+            t0 = time.perf_counter()
+            call()
+            ts.append(time.perf_counter() - t0)
+    return [min(ts) for ts in times]
+
+
+def time_convs(
+    impls: Sequence[str], shape: tuple[int, int, int, int], reps: int = 5
+) -> dict[str, float]:
+    """For each of ``impls``, seconds of the fastest of ``reps`` calls of one convolution of a
+    ``(1, h, w, cin)`` input to ``cout`` channels (``shape = (h, w, cin, cout)``), each form
+    compiled alone and warmed up, then timed in interleaved rounds."""
     import jax
     import jax.numpy as jnp
 
@@ -89,15 +103,19 @@ def time_conv(impl: str, shape: tuple[int, int, int, int], reps: int = 5) -> flo
     h, w, cin, cout = shape
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(0, 1, (1, h, w, cin)), jnp.float32)
-    k = kernel_for(impl, jnp.asarray(rng.normal(0, 0.05, (3, 3, cin, cout)), jnp.float32))
-    fn = jax.jit(lambda a, b: conv_impl(impl, a, b)).lower(x, k).compile()
-    jax.block_until_ready(fn(x, k))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(x, k))
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    k = rng.normal(0, 1 / np.sqrt(9 * cin), (3, 3, cin, cout)).astype(np.float32)
+    calls = []
+    for impl in impls:
+        wt = jax.device_put(kernel_for(impl, k))
+        fn = jax.jit(lambda a, b, impl=impl: conv_impl(impl, a, b)).lower(x, wt).compile()
+        jax.block_until_ready(fn(x, wt))
+        calls.append(lambda fn=fn, wt=wt: jax.block_until_ready(fn(x, wt)))
+    return dict(zip(impls, _fastest_interleaved(calls, reps), strict=True))
+
+
+def time_conv(impl: str, shape: tuple[int, int, int, int], reps: int = 5) -> float:
+    """:func:`time_convs` of one form."""
+    return time_convs([impl], shape, reps)[impl]
 
 
 def time_networks(
@@ -131,14 +149,8 @@ def time_networks(
 
         fn = jax.jit(jax.grad(loss)).lower(x, params).compile()
         jax.block_until_ready(fn(x, params))
-        runs.append((fn, params))
-    times = [[] for _ in runs]
-    for _ in range(reps):
-        for (fn, params), ts in zip(runs, times, strict=True):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(x, params))
-            ts.append(time.perf_counter() - t0)
-    return [min(ts) for ts in times]
+        runs.append(lambda fn=fn, params=params: jax.block_until_ready(fn(x, params)))
+    return _fastest_interleaved(runs, reps)
 
 
 def _key(arch: str, conv: str, hw: tuple[int, int], last_layer: str, options: Sequence[str]) -> str:
