@@ -577,6 +577,35 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def default_compute_dtypes(backend: str, bf16_units: Sequence[str]) -> list[str]:
+    """What ``nst-bench`` times without ``--compute-dtype``: the float32 plan, and where the CPU
+    has bf16 units the measured one (``auto``; elsewhere it is the float32 plan again)."""
+    return ["float32", "auto"] if backend == "cpu" and bf16_units else ["float32"]
+
+
+def verdict_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Per network and size timed against PyTorch: the fastest nst configuration over the
+    fastest PyTorch one, the comparison a user choosing between them makes."""
+    lines = []
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("impl") in ("jax", "torch") and not r.get("batch"):
+            groups.setdefault((r["backbone"], r["h"], r["w"]), []).append(r)
+    for (arch, h, w), rs in groups.items():
+        nst_rows = [r for r in rs if r["impl"] == "jax"]
+        torch_rows = [r for r in rs if r["impl"] == "torch"]
+        if not nst_rows or not torch_rows:
+            continue
+        a = min(nst_rows, key=lambda r: r["step_s_median"])
+        t = min(torch_rows, key=lambda r: r["step_s_median"])
+        lines.append(
+            f"{arch} {h}x{w}: fastest nst {_conv_label(a)} {1e3 * a['step_s_median']:.0f} ms / "
+            f"fastest PyTorch {t['torch_variant']} {1e3 * t['step_s_median']:.0f} ms = "
+            f"{a['step_s_median'] / t['step_s_median']:.2f}"
+        )
+    return lines
+
+
 def roofline_line() -> str:
     """The CPU's matrix rates, measured now: float32 and bf16 operands with float32 accumulation
     (what the bf16 convolution products run at), and which bf16 units the CPU has."""
@@ -592,8 +621,8 @@ def roofline_line() -> str:
 
 
 def _conv_label(r: dict[str, Any]) -> str:
-    if "conv" not in r:
-        return r.get("torch_variant", "-")
+    if r.get("impl") == "torch" or "conv" not in r:  # PyTorch rows: oneDNN/cuDNN and the variant
+        return r.get("conv", r.get("torch_variant", "-"))
     plan = r.get("plan") or {}
     bf16 = sum(n for impl, n in plan.items() if impl.endswith("_bf16"))
     compute = r.get("compute_dtype", "float32")
@@ -735,9 +764,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--compute-dtype",
         nargs="+",
-        default=["float32"],
+        default=None,
         choices=list(COMPUTE_DTYPES),
-        help="precision of the convolution products to time (backbone.compute_dtype)",
+        help="precision of the convolution products to time (backbone.compute_dtype; default: "
+        "float32, and auto too on a CPU with bf16 units)",
     )
     ap.add_argument(
         "--conv-layers",
@@ -795,6 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}), flush=True)
 
     remats = {"no": [False], "yes": [True], "both": [False, True]}[args.remat]
+    computes = args.compute_dtype or default_compute_dtypes(backend, tune.bf16_units(flags))
     torch_device = "cuda" if backend == "gpu" else "cpu"
     for arch in args.backbone:
         for size in args.sizes:
@@ -813,7 +844,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for dtype in args.dtype
                 for remat in remats
                 for conv in args.conv
-                for compute in args.compute_dtype
+                for compute in computes
             ]
             n_jax = len(builders)
             if args.compare_torch:
@@ -885,6 +916,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print()
     print(table(rows))
+    verdicts = verdict_lines(rows)
+    if verdicts:
+        print("\n" + "\n".join(verdicts))
     if rows and backend == "cpu":
         print("\n" + roofline_line())
     if conv_rows:

@@ -112,6 +112,30 @@ def test_run_configs_builds_all_then_interleaves_or_builds_each_in_turn():
     assert log == ["build a", *["a"] * 5, "build b", *["b"] * 5]
 
 
+def test_default_compute_dtypes_add_auto_only_where_bf16_units_exist():
+    assert bench.default_compute_dtypes("cpu", ["avx512_bf16"]) == ["float32", "auto"]
+    assert bench.default_compute_dtypes("cpu", []) == ["float32"]
+    assert bench.default_compute_dtypes("gpu", ["amx_bf16"]) == ["float32"]
+
+
+def test_verdict_is_fastest_nst_over_fastest_torch_per_size():
+    def row(impl, ms, h=192, **kw):
+        base = {"impl": impl, "backbone": "vgg16", "h": h, "w": 256, "step_s_median": ms / 1e3}
+        return {**base, "batch": 0, **kw}
+
+    rows = [
+        row("jax", 180, conv="auto", compute_dtype="float32"),
+        row("jax", 143, conv="auto", compute_dtype="auto", plan={"winograd_bf16": 18, "xla": 4}),
+        row("torch", 329, torch_variant="f32"),
+        row("torch", 180, torch_variant="bf16_autocast"),
+        row("jax", 700, h=384, conv="auto", compute_dtype="float32"),  # no PyTorch at this size
+    ]
+    assert bench.verdict_lines(rows) == [
+        "vgg16 192x256: fastest nst auto (auto, 18/22 bf16) 143 ms / fastest PyTorch "
+        "bf16_autocast 180 ms = 0.79"
+    ]
+
+
 @pytest.mark.slow  # ~42s on a Zen 3 core pair: kept out of the default suite, run by CI's slow step
 def test_bench_command_writes_json_lines_and_table(tmp_path):
     out = tmp_path / "bench.jsonl"
@@ -151,11 +175,13 @@ def test_bench_command_writes_json_lines_and_table(tmp_path):
     assert r["flops_per_step"] == bench.conv_flops("vgg16", "relu5_1", 48, 64)
     assert r["compile_s"] > 0 and r["steps_per_s"] > 0 and r["peak_bytes"] > 0
     assert "| jax | vgg16 | 48x64 | float32 |" in p.stdout
+    assert ("vgg16 48x64: fastest nst " in p.stdout) == (torch == 0)
     assert r["meta_cpu"] == tune.cpu_name() and r["meta_cpu_bf16"] == ",".join(tune.bf16_units())
     if torch == 0:  # every PyTorch variant, and the ratio against the fastest of them
         ts = {x["torch_variant"]: x for x in rows if x["impl"] == "torch"}
         assert set(ts) == {"f32", "channels_last", "bf16_autocast"}
         assert ts["bf16_autocast"]["dtype"] == "bfloat16"
+        assert f"| {ts['bf16_autocast']['conv']} | 0.0 |" in p.stdout  # no compute-dtype suffix
         fastest = min(t["step_s_median"] for t in ts.values())
         assert r["jax_over_torch"] == pytest.approx(r["step_s_median"] / fastest)
         assert ts[r["torch_fastest"]]["step_s_median"] == fastest
