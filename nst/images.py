@@ -161,11 +161,16 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def longest_hw(hw: tuple[int, int], size: int) -> tuple[int, int]:
+    """The height and width :func:`resize_longest` gives an ``hw`` image."""
+    h, w = hw
+    scale = size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def resize_longest(image: np.ndarray, size: int) -> np.ndarray:
     """Resize ``(H, W, 3)`` so its longest side is ``size`` px, keeping the aspect ratio."""
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    return resize_to(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+    return resize_to(image, longest_hw(image.shape[:2], size))
 
 
 def resize_to(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

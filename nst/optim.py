@@ -52,10 +52,17 @@ class OptimizerSpec:
 
 def optimizer_spec(values: dict[str, Any]) -> OptimizerSpec:
     """Validated :class:`OptimizerSpec` from the ``optimizer`` config (one-line ConfigError)."""
-    known = {f.name for f in fields(OptimizerSpec)}
-    spec = OptimizerSpec(**{k: v for k, v in values.items() if k in known})
+    known = [f.name for f in fields(OptimizerSpec)]
+    unknown = sorted(str(k) for k in values if k not in known)
+    if unknown:
+        keys = ", ".join(f"optimizer.{k}" for k in unknown)
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {keys}; valid: {', '.join(known)}"
+        )
+    spec = OptimizerSpec(**values)
     spec.name = str(getattr(spec.name, "value", spec.name))
     spec.kwargs = dict(spec.kwargs or {})
+    spec.schedule_kwargs = dict(spec.schedule_kwargs or {})
     if spec.name not in BUILTIN and not _optax_optimizer(spec.name):
         raise ConfigError(
             f"optimizer.name={spec.name!r} is neither {', '.join(BUILTIN)} nor an optax optimizer "
@@ -70,14 +77,102 @@ def optimizer_spec(values: dict[str, Any]) -> OptimizerSpec:
         raise ConfigError(
             f"optimizer.kwargs are for optax optimizers by name; {spec.name} has its own keys"
         )
-    if spec.name != "lbfgs" and (spec.lr is None or not (math.isfinite(spec.lr) and spec.lr > 0)):
-        raise ConfigError(f"optimizer.lr must be > 0 for {spec.name}, got {spec.lr}")
-    spec.schedule_kwargs = dict(spec.schedule_kwargs or {})
+    _check_values(spec)
     if spec.name == "lbfgs" and spec.schedule not in (None, "", "constant"):
         raise ConfigError("optimizer.schedule does not apply to lbfgs (its line search sets steps)")
     if spec.name != "lbfgs":
-        learning_rate(spec)  # a bad schedule fails here, before anything compiles
+        _check_schedule(spec)  # a bad schedule fails here, before anything compiles
+    if spec.name not in BUILTIN:
+        _check_builds(spec)
     return spec
+
+
+def _check_values(spec: OptimizerSpec) -> None:
+    """Range checks of the builtin optimizers' keys (always: unused ones keep their defaults)."""
+    if spec.lr is not None or spec.name != "lbfgs":
+        lr = None if spec.lr is None else _float("lr", spec.lr)
+        if lr is None or not (math.isfinite(lr) and lr > 0):
+            either = " (or null: the line search sets the step)" if spec.name == "lbfgs" else ""
+            raise ConfigError(f"optimizer.lr must be > 0{either} for {spec.name}, got {spec.lr}")
+        spec.lr = lr
+    for key in ("b1", "b2"):
+        setattr(spec, key, _float(key, getattr(spec, key), lambda x: 0 <= x < 1, "in [0, 1)"))
+    spec.eps = _float("eps", spec.eps, lambda x: math.isfinite(x) and x >= 0, ">= 0")
+    if spec.momentum is not None:  # None (like 0): no momentum
+        spec.momentum = _float("momentum", spec.momentum, lambda x: 0 <= x < 1, "in [0, 1)")
+    spec.decay_rate = _float("decay_rate", spec.decay_rate, lambda x: math.isfinite(x) and x > 0)
+    spec.memory_size = _int("memory_size", spec.memory_size, 1)
+    spec.max_linesearch_steps = _int("max_linesearch_steps", spec.max_linesearch_steps, 1)
+    spec.decay_every = _int("decay_every", spec.decay_every, 0, " (0: no decay)")
+
+
+def _float(key: str, value: Any, ok: Any = None, valid: str = "> 0") -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"optimizer.{key} must be a number, got {value}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"optimizer.{key} must be a number, got {value!r}") from None
+    if ok is not None and not ok(x):
+        raise ConfigError(f"optimizer.{key} must be {valid}, got {x}")
+    return x
+
+
+def _int(key: str, value: Any, minimum: int, note: str = "") -> int:
+    x = _float(key, value)
+    if not (math.isfinite(x) and x.is_integer() and x >= minimum):
+        raise ConfigError(f"optimizer.{key} must be an integer >= {minimum}{note}, got {value}")
+    return int(x)
+
+
+def _check_schedule(spec: OptimizerSpec) -> None:
+    """Build the learning rate and, for a schedule, evaluate it at steps 0 and 1."""
+    lr = learning_rate(spec)
+    if not callable(lr):
+        return
+    if spec.name == "sgd" and spec.decay_every > 0:
+        what = "optimizer.decay_every/decay_rate"
+    else:
+        what = f"optimizer.schedule_kwargs do not fit {spec.schedule}"
+    for step in (0, 1):  # a bad decay rate shows from step 1 (nan ** 0 is 1)
+        try:
+            rate = float(lr(step))
+        except Exception as e:  # noqa: BLE001 - any failure is the config's: one line
+            raise ConfigError(f"{what}: {_first_line(e)}") from None
+        if not (math.isfinite(rate) and rate >= 0):
+            raise ConfigError(f"{what}: the learning rate at step {step} is {rate}")
+
+
+def _check_builds(spec: OptimizerSpec) -> None:
+    """An optimizer taken from optax by name must build, init and update a tiny float32 array:
+    a kwarg of the wrong kind (``weight_decay: abc``) otherwise fails only when JAX traces it."""
+    import warnings
+
+    import jax
+    import jax.numpy as jnp
+
+    what = f"optimizer.kwargs do not fit optax.{spec.name}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tx = make_optimizer(spec)
+            params = jnp.zeros(3, jnp.float32)
+            updates, _ = tx.update(jnp.ones(3, jnp.float32), tx.init(params), params)
+            finite = all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree_util.tree_leaves(updates))
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure is the config's: one line
+        raise ConfigError(f"{what}: {_first_line(e)}") from None
+    if not finite:
+        raise ConfigError(f"{what}: a first step on a tiny array gives non-finite updates")
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of ``e``'s message (its type's name if none), at most ``limit``
+    characters: JAX errors run to many lines."""
+    lines = [" ".join(line.split()) for line in str(e).splitlines()]
+    line = next((x for x in lines if x), type(e).__name__)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _optax_optimizer(name: str) -> Any:
@@ -146,8 +241,12 @@ def learning_rate(spec: OptimizerSpec) -> Any:
                 "cosine or an optax schedule"
             )
         return fn(init_value=lr, **kwargs)
-    except TypeError as e:
-        raise ConfigError(f"optimizer.schedule_kwargs do not fit {spec.schedule}: {e}") from None
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - bad values (ValueError, TypeError, ...): one line
+        raise ConfigError(
+            f"optimizer.schedule_kwargs do not fit {spec.schedule}: {_first_line(e)}"
+        ) from None
 
 
 def _lr(spec: OptimizerSpec) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import platform
 import signal
@@ -38,7 +37,7 @@ from nst.errors import (
     WeightsError,
     one_line,
 )
-from nst.files import atomic_write_json
+from nst.files import atomic_write_json, probe_writable
 from nst.spec import RunSpec
 from nst.tracking import JobInfo, MetricWriter, TrackerContext, make_writer
 
@@ -92,10 +91,27 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(spec: RunSpec, original_hw: tuple[int, int], size: int) -> None:
-    """Refuse sizes whose estimated step memory exceeds what the machine has available."""
-    scale = size / max(original_hw)
-    hw = (max(1, round(original_hw[0] * scale)), max(1, round(original_hw[1] * scale)))
+def input_hws(
+    spec: RunSpec, content_hw: tuple[int, int], style_hws: list[tuple[int, int]], size: int
+) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """The content's and the styles' height and width at ``size`` (as :func:`level_inputs`
+    resizes them: the content's longest side to ``size``, each style's to that times
+    ``style_scale``)."""
+    content = images.longest_hw(content_hw, size)
+    side = max(1, round(max(content) * spec.style_scale))
+    return content, [images.longest_hw(hw, side) for hw in style_hws]
+
+
+def check_memory(
+    spec: RunSpec,
+    original_hw: tuple[int, int],
+    size: int,
+    style_hws: list[tuple[int, int]] | None = None,
+) -> None:
+    """Refuse sizes whose estimated memory exceeds what the machine has available: the step on
+    the content and the targets of each style (resized to the content's longest side, so a
+    square style with a panorama is the larger image)."""
+    hw, styles = input_hws(spec, original_hw, list(style_hws or []), size)
     backbone = get_backbone(spec.backbone.arch)
     need = backbone.step_bytes(spec.backbone, spec.loss, hw)
     have = available_memory()
@@ -106,19 +122,99 @@ def check_memory(spec: RunSpec, original_hw: tuple[int, int], size: int) -> None
             f"size={size} ({hw[1]}x{hw[0]} px) needs an estimated {need / 2**30:.1f} GiB, more than "
             f"the {have / 2**30:.1f} GiB available; use a smaller size{hint}"
         )
+    for k, shw in enumerate(styles):
+        need = backbone.target_bytes(spec.loss, shw)
+        if need > 0.9 * have:
+            raise ConfigError(
+                f"size={size} resizes {_style_name(k, len(styles))} to {shw[1]}x{shw[0]} px (the "
+                f"content's longest side times style_scale={spec.style_scale:g}), which needs an "
+                f"estimated {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
+                "available; use a smaller size or style_scale"
+            )
 
 
-def check_size(arch: str, layers: list[str], hw: tuple[int, int], size: int) -> None:
-    """The deepest layer must keep at least one position after its poolings."""
-    backbone = get_backbone(arch)
-    deepest = backbone.deepest_layer(layers)
-    if min(backbone.layer_size(deepest, *hw)) < 1:
-        need = backbone.min_side(deepest)
-        works = math.ceil(size * need / min(hw))
+def _style_name(k: int, n: int) -> str:
+    return "the style image" if n == 1 else f"style image {k + 1}"
+
+
+def size_problem(
+    spec: RunSpec, content_hw: tuple[int, int], style_hws: list[tuple[int, int]], size: int
+) -> str | None:
+    """What is too small at ``size`` (every pyramid level's content and styles must keep the
+    deepest layer they feed at least one position after its poolings), or None."""
+    backbone = get_backbone(spec.backbone.arch)
+    loss = spec.loss
+    sizes = pyramid_sizes(size, spec.pyramid_levels, spec.pyramid_scale_factor)
+    for level, s in enumerate(sizes):
+        content, styles = input_hws(spec, content_hw, style_hws, s)
+        where = f" at pyramid level {level} ({s} px)" if len(sizes) > 1 else ""
+        named = [("content image", content, loss.layers)]
+        named += [
+            (_style_name(k, len(styles)), hw, loss.style_layers or loss.layers)
+            for k, hw in enumerate(styles)
+        ]
+        for what, hw, layers in named:
+            deepest = backbone.deepest_layer(layers)
+            if min(backbone.layer_size(deepest, *hw)) < 1:
+                return (
+                    f"makes {what} {hw[1]}x{hw[0]} px{where}, its shorter side below "
+                    f"{backbone.min_side(deepest)} px, the minimum for layer {deepest}"
+                )
+    return None
+
+
+# Sizes beyond this are not suggested: no machine holds their step.
+MAX_SUGGESTED_SIZE = 2**17
+
+
+def check_size(
+    spec: RunSpec, content_hw: tuple[int, int], style_hws: list[tuple[int, int]], size: int
+) -> None:
+    """One line naming the image that is too small at ``size`` and the smallest size that
+    works (searched, so that very elongated images get a size that really does)."""
+    problem = size_problem(spec, content_hw, style_hws, size)
+    if problem is None:
+        return
+
+    def works(s: int) -> bool:
+        return size_problem(spec, content_hw, style_hws, s) is None
+
+    lo, hi = size, size + 1  # lo fails; find a working hi, then the smallest
+    while hi <= MAX_SUGGESTED_SIZE and not works(hi):
+        lo, hi = hi, hi * 2
+    if hi > MAX_SUGGESTED_SIZE:
         raise ConfigError(
-            f"size={size} gives a {hw[1]}x{hw[0]} image whose shorter side is below {need} px, "
-            f"the minimum for layer {deepest}; use size={works} or more"
+            f"size={size} {problem}; no size up to {MAX_SUGGESTED_SIZE} works: the image is too "
+            "elongated"
         )
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if works(mid) else (mid, hi)
+    raise ConfigError(f"size={size} {problem}; use size={hi} or more")
+
+
+def check_output(spec: RunSpec) -> None:
+    """``output=`` must not be one of the run's input images (the result would replace it) and
+    its directory must be writable: a one-line error now, not after the optimization."""
+    if spec.output is None:
+        return
+    out = Path(spec.output).expanduser()
+    named = [("content", spec.content), *(("style", x) for x in spec.styles)]
+    named += [("content_mask", spec.content_mask), ("init.path", spec.init.path)]
+    named += [("style_mask", m) for m in spec.style_masks or []]
+    for key, item in named:
+        if not isinstance(item, str | os.PathLike) or str(item).startswith(images.SAMPLE_PREFIX):
+            continue
+        path = images.resolve_path(str(item))
+        same = out.resolve() == path.resolve()
+        if not same and out.exists() and path.exists():
+            same = os.path.samefile(out, path)
+        if same:
+            raise ConfigError(
+                f"output={spec.output} is the {key} image: the result would overwrite it; "
+                "name another file"
+            )
+    probe_writable(out.parent)
 
 
 class StopFlag(threading.Event):
@@ -200,6 +296,7 @@ def _run(
     started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
     ckpt_path = run_dir / "checkpoint.npz" if run_dir is not None else None
     resume_state = None
+    check_output(spec)
     if run_dir is not None:
         if spec.resume:
             resume_state, finished = _resume(spec, run_dir, ckpt_path)
@@ -344,9 +441,6 @@ def _run(
                     "compile_s": result.compile_s,
                 }
             )
-            if spec.output is not None:
-                images.save_image(result.image, Path(spec.output).expanduser())
-                summary["output"] = str(Path(spec.output).expanduser().resolve())
             summary["optimized_metric"] = {
                 "name": spec.optimized_metric,
                 "value": result.final_metrics.get(spec.optimized_metric),
@@ -356,8 +450,12 @@ def _run(
                 writer.write_animation("progress", gif)
                 summary["animation"] = str(gif)
             if run_dir is not None:
-                # result.png, then summary.json last: a summary means the run is complete.
                 images.save_image(result.image, run_dir / "result.png")
+            if spec.output is not None:
+                _save_output(result.image, spec.output, run_dir)
+                summary["output"] = str(Path(spec.output).expanduser().resolve())
+            if run_dir is not None:
+                # summary.json last: a summary means the run is complete.
                 atomic_write_json(run_dir / "summary.json", summary)
                 ckpt_path.unlink(missing_ok=True)  # the result supersedes the checkpoint
             exit_code = 0
@@ -372,6 +470,18 @@ def _run(
         finally:
             writer.close(exit_code)
     return {**summary, "image": images.to_uint8(result.image)}
+
+
+def _save_output(image: np.ndarray, output: str, run_dir: Path | None) -> None:
+    """``output=``'s copy of the result; when it cannot be written (checked writable at the
+    start, but disks fill up), the line says where the result is kept."""
+    try:
+        images.save_image(image, Path(output).expanduser())
+    except NstError as e:
+        if run_dir is None:
+            raise
+        kept = run_dir / "result.png"
+        raise type(e)(f"{one_line(e)}; the result is kept in {kept}") from None
 
 
 def _write_animation(run_dir: Path, init: np.ndarray, result: np.ndarray) -> Path:
@@ -396,6 +506,12 @@ def _resume(
         rundir.check_same_run(
             f"the finished run in {run_dir}", finished.get("config") or {}, spec.config
         )
+        done = (finished.get("config") or {}).get("steps")
+        if isinstance(done, int) and spec.steps > done:
+            raise ConfigError(
+                f"resume=true: the run in {run_dir} finished its steps={done} and keeps no "
+                f"checkpoint to continue to steps={spec.steps}; run it anew in another directory"
+            )
         print(f"nst: {run_dir} already finished; nothing to resume", flush=True)
         image = images.to_uint8(images.load_image(run_dir / "result.png"))
         return None, {**finished, "image": image}
@@ -552,9 +668,11 @@ def level_inputs(
     ``style_scale`` (the paper resizes the style to the content: scale 1), then the colour mode."""
     from nst import color
 
-    content = images.resize_longest(content_raw, size)
-    side = max(1, round(max(content.shape[:2]) * spec.style_scale))
-    styles = [images.resize_longest(s, side) for s in styles_raw]
+    content_hw, style_hws = input_hws(
+        spec, content_raw.shape[:2], [s.shape[:2] for s in styles_raw], size
+    )
+    content = images.resize_to(content_raw, content_hw)
+    styles = [images.resize_to(s, hw) for s, hw in zip(styles_raw, style_hws, strict=True)]
     cmask, smasks = _masks(spec, content, styles)
     if spec.color == "histogram":
         styles = [color.match_histogram(s, content) for s in styles]
@@ -613,15 +731,12 @@ def _prepare(spec: RunSpec) -> tuple:
     content_raw = images.load_any(spec.content, spec.max_pixels)
     styles_raw = [images.load_any(s, spec.max_pixels) for s in spec.styles]
     spec, params, winfo = _load_backbone(spec)
-    check_memory(spec, content_raw.shape[:2], spec.size)
+    style_hws = [s.shape[:2] for s in styles_raw]
+    check_size(spec, content_raw.shape[:2], style_hws, spec.size)
+    check_memory(spec, content_raw.shape[:2], spec.size, style_hws)
     sizes = pyramid_sizes(spec.size, spec.pyramid_levels, spec.pyramid_scale_factor)
-    # Every level's inputs once (resizing, colour mode, masks), checked before any work.
+    # Every level's inputs once (resizing, colour mode, masks), before any work.
     levels = [level_inputs(spec, content_raw, styles_raw, s) for s in sizes]
-    loss = spec.loss
-    for s, lv in zip(sizes, levels, strict=True):
-        check_size(spec.backbone.arch, loss.layers, lv.content.shape[:2], s)
-        for st in lv.styles:
-            check_size(spec.backbone.arch, loss.style_layers or loss.layers, st.shape[:2], s)
     first = levels[0]
     i = spec.init
     init = make_init(

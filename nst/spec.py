@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nst.backbones import COMPUTE_DTYPES, BackboneSpec, get_backbone
+from nst.backbones import COMPUTE_DTYPES, DTYPES, BackboneSpec, get_backbone
 from nst.config import alpha_beta
 from nst.errors import ConfigError
 from nst.loss_spec import LossSpec
@@ -186,6 +186,8 @@ def _backbone(cfg: DictConfig) -> BackboneSpec:
     rows = b.strip_rows
     if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
         raise ConfigError(f"backbone.strip_rows must be an integer >= 0, got {rows!r}")
+    if str(b.dtype) not in DTYPES:
+        raise ConfigError(f"backbone.dtype must be one of {', '.join(DTYPES)}, got {b.dtype!r}")
     return BackboneSpec(
         arch=arch,
         pooling=name_of(b.pooling),
@@ -236,6 +238,20 @@ def _non_negative(key: str, value: Any) -> int:
     v = int(value)
     if v < 0:
         raise ConfigError(f"{key} must be >= 0, got {v}")
+    return v
+
+
+def _finite_non_negative(key: str, value: Any) -> float:
+    v = float(value)
+    if not (math.isfinite(v) and v >= 0):
+        raise ConfigError(f"{key} must be a finite number >= 0, got {v}")
+    return v
+
+
+def _max_pixels(value: Any) -> int:
+    v = int(value)
+    if v <= 0:
+        raise ConfigError(f"max_pixels must be a positive number of pixels, got {v}")
     return v
 
 
@@ -336,6 +352,10 @@ def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
     loss = _loss(cfg, backbone)
     optimizer = optimizer_spec(_container(cfg.optimizer))
     styles, blend = _styles(cfg, images.get("style"))
+    content = images.get("content", str(cfg.content))
+    for key, item in [("content", content), *(("style", x) for x in styles)]:
+        if isinstance(item, str) and not item.strip():
+            raise ConfigError(f"{key} is empty: name an image file or sample:NAME")
     cmask, smasks = _masks(cfg, len(styles), loss.style)
     scale = float(cfg.style_scale)
     if not math.isfinite(scale) or scale <= 0:
@@ -344,11 +364,11 @@ def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
     init = InitSpec(
         name=name_of(cfg.init.name),
         distribution=name_of(cfg.init.distribution),
-        scale=float(cfg.init.scale),
+        scale=_finite_non_negative("init.scale", cfg.init.scale),
         mix=float(cfg.init.mix),
         path=None if cfg.init.path is None else str(cfg.init.path),
     )
-    if init.name == "noise" and not 0.0 <= init.mix <= 1.0:
+    if init.name == "noise" and not 0.0 <= init.mix <= 1.0:  # NaN fails too
         raise ConfigError(f"init.mix must be in [0, 1], got {init.mix}")
     if init.name == "file" and not init.path:
         raise ConfigError("init=file needs init.path=FILE")
@@ -374,7 +394,7 @@ def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
             described = [f"<{type(x).__name__}>" for x in _as_list(given)]
             config[key] = described[0] if key == "content" else described
     return RunSpec(
-        content=images.get("content", str(cfg.content)),
+        content=content,
         styles=styles,
         style_blend=blend,
         style_scale=scale,
@@ -384,15 +404,15 @@ def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
         size=size,
         steps=int(cfg.steps),
         seed=_seed("seed", cfg.seed),
-        save_every=int(cfg.save_every),
-        log_every=max(1, int(cfg.log_every)),
-        steps_per_call=int(cfg.steps_per_call),
-        checkpoint_every=int(cfg.checkpoint_every),
+        save_every=_non_negative("save_every", cfg.save_every),
+        log_every=max(1, _non_negative("log_every", cfg.log_every)),
+        steps_per_call=_non_negative("steps_per_call", cfg.steps_per_call),
+        checkpoint_every=_non_negative("checkpoint_every", cfg.checkpoint_every),
         resume=bool(cfg.resume),
-        max_pixels=int(cfg.max_pixels),
+        max_pixels=_max_pixels(cfg.max_pixels),
         progress=bool(cfg.progress),
-        early_stop_patience=int(cfg.early_stop.patience),
-        early_stop_min_delta=float(cfg.early_stop.min_delta),
+        early_stop_patience=_non_negative("early_stop.patience", cfg.early_stop.patience),
+        early_stop_min_delta=_finite_non_negative("early_stop.min_delta", cfg.early_stop.min_delta),
         eval_enabled=bool(cfg.eval.enabled),
         eval_every=_non_negative("eval.every", cfg.eval.every),
         animation=bool(cfg.animation),

@@ -82,6 +82,156 @@ def test_bad_input_is_one_line_error():
         nst.stylize(np.zeros((4, 4, 5)), "sample:ihc", **TINY, **RANDOM)
 
 
+def _one_line(excinfo):
+    text = str(excinfo.value)
+    assert "\n" not in text and text == text.strip(), text
+    return text
+
+
+def test_output_dir_that_is_no_directory_is_refused_before_running(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"not a directory")
+    for out, message in [
+        (photo, r"output_dir .*photo.jpg is not a directory$"),
+        (photo / "run", r"output_dir .*photo.jpg/run is not a directory \(.*photo.jpg is a file\)"),
+        (5, r"output_dir must be a path \(str or os.PathLike\), got int"),
+        (b"runs", "output_dir must be a path .*, got bytes"),
+        ("", "output_dir is an empty string"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as e:
+            nst.stylize("sample:chelsea", "sample:ihc", output_dir=out, **TINY, **RANDOM)
+        _one_line(e)
+    assert list(tmp_path.iterdir()) == [photo] and photo.read_bytes() == b"not a directory"
+
+
+def test_output_dir_holding_a_run_is_refused_and_left_alone(tmp_path):
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="already holds a run .*resume=true") as e:
+        nst.stylize("sample:chelsea", "sample:ihc", output_dir=tmp_path, **TINY, **RANDOM)
+    _one_line(e)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "summary.json"]
+    assert (tmp_path / "summary.json").read_text() == "{}"
+    with pytest.raises(ConfigError, match="resume=true needs output_dir"):
+        nst.stylize(resume=True, **TINY, **RANDOM)
+
+
+def test_content_and_style_left_out_come_from_the_config_but_none_is_an_error():
+    # Left out: the config's content/style (the run then fails on size, before compiling).
+    with pytest.raises(ConfigError, match="size must be a positive"):
+        nst.stylize(size=0, overrides=["content=sample:coffee"])
+    with pytest.raises(ImageError, match=r"^content is None: give a path, sample:NAME, a PIL"):
+        nst.stylize(None, None, **TINY)
+    with pytest.raises(ImageError, match="^style is None"):
+        nst.stylize("sample:chelsea", None, **TINY)
+    with pytest.raises(ImageError, match="^content is None"):
+        nst.stylize(content=None, overrides=["content=sample:coffee"], **TINY)
+
+
+@pytest.mark.parametrize(
+    "content,style,message",
+    [
+        (5, "sample:ihc", r"content must be a path, sample:NAME, .* array, got int$"),
+        (b"abc", "sample:ihc", r"got bytes; for a file's bytes, pass PIL.Image.open"),
+        (["sample:ihc"], "sample:ihc", "content must be .*, got list; only style takes a list"),
+        ("sample:chelsea", [], "style is an empty list"),
+        ("sample:chelsea", ["sample:ihc", 3.5], r"style\[1\] must be a path, .*, got float"),
+        ("", "sample:ihc", "content is an empty string"),
+    ],
+)
+def test_content_or_style_of_the_wrong_type_says_what_it_takes(content, style, message):
+    with pytest.raises(ImageError, match=message) as e:
+        nst.stylize(content, style, **TINY, **RANDOM)
+    _one_line(e)
+
+
+def test_overrides_must_be_a_list_of_strings():
+    expected = r"overrides must be a list of strings like \['loss.beta=1e4'\], got a str"
+    with pytest.raises(ConfigError, match=expected):
+        nst.stylize(overrides="loss.beta=1e4", **TINY)
+    with pytest.raises(ConfigError, match=expected):
+        nst.load_config("loss.beta=1e4")
+    with pytest.raises(ConfigError, match="got a dict"):
+        nst.load_config({"loss.beta": 1e4})
+    with pytest.raises(ConfigError, match=r"overrides\[1\] must be a string .*, got int"):
+        nst.load_config(["size=64", 5])
+    assert nst.load_config(None, size=48).size == 48  # None: no overrides
+    with pytest.raises(ConfigError, match="Key 'bogus' not in 'NSTConfig'"):
+        nst.load_config(None, bogus=1)
+    with pytest.raises(ConfigError, match="size must be a positive"):
+        nst.stylize(overrides=None, size=0)
+
+
+@pytest.mark.parametrize(
+    "overrides,kwargs,message",
+    [
+        (["loss.beta"], {}, r"Error parsing override 'loss.beta'; missing EQUAL"),
+        (["=3"], {}, r"override '=3' names no key: write KEY=VALUE"),
+        ([""], {}, r"override '' names no key"),
+        (["loss.betta=1"], {}, r"Could not override 'loss.betta'.*Key 'betta' not in 'LossConfig'"),
+        (
+            ["optimizer=adamm"],
+            {},
+            r"Could not find 'optimizer/adamm'.*options in 'optimizer': adam,",
+        ),
+        (["steps=many"], {}, r"steps=many \(Value 'many' of type 'str' could not be converted"),
+        ([], {"backbone": "resnet"}, r"Could not find 'backbone/resnet'.*vgg16"),
+        ([], {"size": "big"}, r"^size: Value 'big' of type 'str' could not be converted"),
+    ],
+)
+def test_malformed_and_unknown_overrides_are_one_line_config_errors(overrides, kwargs, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        nst.load_config(overrides, **kwargs)
+    assert "Config search path" not in _one_line(e)
+
+
+def test_keyword_arguments_win_over_overrides():
+    cfg = nst.load_config(["size=64", "backbone=vgg16", "loss.beta=5"], size=48, backbone="vgg19")
+    assert (cfg.size, cfg.backbone.arch, cfg.loss.beta) == (48, "vgg19", 5.0)
+
+
+def test_numpy_scalars_are_plain_config_values():
+    cfg = nst.load_config(
+        size=np.int64(48),
+        seed=np.array(3),
+        progress=np.bool_(False),
+        loss={"beta": np.float32(2.5)},
+        layers={"style_layers": {"conv1_1": np.float64(1.0)}},
+    )
+    assert (cfg.size, cfg.seed, cfg.progress, cfg.loss.beta) == (48, 3, False, 2.5)
+    assert cfg.layers.style_layers["conv1_1"] == 1.0
+    with pytest.raises(ConfigError, match="size must be a positive"):
+        nst.stylize(size=np.int32(0), steps=np.int64(1))
+
+
+def test_config_takes_a_dict_merged_onto_the_defaults(monkeypatch):
+    from nst.spec import RunSpec
+
+    seen = []
+
+    def capture(cfg, images=None):
+        seen.append(cfg)
+        raise ConfigError("captured")
+
+    defaults = nst.load_config()
+    given = {"size": 40, "loss": {"beta": 7.0}, "backbone": "vgg19"}
+    with monkeypatch.context() as m:
+        m.setattr(RunSpec, "from_config", staticmethod(capture))
+        with pytest.raises(ConfigError, match="captured"):
+            nst.stylize(config=given, seed=np.int64(4))
+    cfg = seen[0]
+    assert (cfg.size, cfg.seed, cfg.steps) == (40, 4, defaults.steps)  # not "Missing key steps"
+    assert (cfg.loss.beta, cfg.loss.alpha, cfg.backbone.arch) == (7.0, defaults.loss.alpha, "vgg19")
+    # A resolved config (what Result.config holds) goes back in as it came out.
+    resolved = RunSpec.from_config(nst.load_config(size=40, loss={"beta": 7.0})).config
+    with pytest.raises(ConfigError, match="size must be a positive"):
+        nst.stylize(config=resolved, size=0)
+    with pytest.raises(ConfigError, match="config must be a config from nst.load_config"):
+        nst.stylize(config=5, **TINY)
+    with pytest.raises(ConfigError, match="with config=..., pass overrides"):
+        nst.stylize(config={"size": 40}, overrides=["steps=1"])
+
+
 # --- Extension seams: registered from this file, no edit to nst/ --------------------------------
 
 

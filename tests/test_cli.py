@@ -336,7 +336,7 @@ def test_input_and_config_errors_fail_before_jax_loads(tmp_path, write_png):
         text=True,
     )
     assert p.stdout.split() == ["2"], (p.stdout, p.stderr)
-    assert p.stderr.startswith("nst: error: size=8 gives a 8x6 image"), p.stderr
+    assert p.stderr.startswith("nst: error: size=8 makes content image 8x6 px"), p.stderr
     assert json.loads((out / "error.json").read_text())["type"] == "ConfigError"
 
 
@@ -481,6 +481,14 @@ def test_killed_run_resumes_byte_identical(tmp_path, write_png, how):
     if how == "sigterm":
         again = nst(*args, f"hydra.run.dir={run}", "resume=true")
         assert again.returncode == 0 and "already finished" in again.stdout
+        longer = [a for a in args if a != "steps=60"] + ["steps=80"]
+        before = files()
+        more = nst(*longer, f"hydra.run.dir={run}", "resume=true")
+        assert more.returncode == 2 and more.stderr.strip() == (
+            f"nst: error: resume=true: the run in {run} finished its steps=60 and keeps no "
+            "checkpoint to continue to steps=80; run it anew in another directory"
+        )
+        assert files() == before
         ids = {d.name.rsplit("-", 1)[-1] for d in (run / "wandb").glob("offline-run-*")}
         assert ids == {(run / "wandb_run_id").read_text().strip()}  # one W&B run, resumed
 

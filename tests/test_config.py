@@ -209,3 +209,31 @@ def test_remat_and_strip_rows_reach_spec_and_bad_values_fail():
     assert specs_from_config(_compose())[0].strip_rows == 128
     with pytest.raises(ConfigError, match="strip_rows must be an integer >= 0"):
         specs_from_config(_compose(["backbone.strip_rows=-8"]))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("backbone.dtype=bogus", "backbone.dtype must be one of float32, bfloat16, got 'bogus'"),
+        ("backbone.dtype=int8", "backbone.dtype must be one of float32, bfloat16, got 'int8'"),
+        ("init.scale=nan", "init.scale must be a finite number >= 0, got nan"),
+        ("init.scale=-1", "init.scale must be a finite number >= 0, got -1.0"),
+        ("init.scale=inf", "init.scale must be a finite number >= 0, got inf"),
+        ("log_every=-1", "log_every must be >= 0, got -1"),
+        ("save_every=-1", "save_every must be >= 0, got -1"),
+        ("checkpoint_every=-2", "checkpoint_every must be >= 0, got -2"),
+        ("steps_per_call=-1", "steps_per_call must be >= 0, got -1"),
+        ("early_stop.patience=-1", "early_stop.patience must be >= 0, got -1"),
+        ("early_stop.min_delta=nan", "early_stop.min_delta must be a finite number >= 0, got nan"),
+        ("max_pixels=0", "max_pixels must be a positive number of pixels, got 0"),
+        ("max_pixels=-1", "max_pixels must be a positive number of pixels, got -1"),
+        ("content=", "content is empty: name an image file or sample:NAME"),
+        ("style=[sample:ihc,' ']", "style is empty: name an image file or sample:NAME"),
+    ],
+)
+def test_values_the_schema_cannot_check_fail_in_one_line(override, message):
+    from nst.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        RunSpec.from_config(_compose([override]))
+    assert str(e.value) == message

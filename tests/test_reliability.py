@@ -337,14 +337,44 @@ def test_image_too_small_says_which_size_works(tmp_path):
     full = [a for a in FAST if a not in SMALL_LAYERS]  # the default layers, down to relu5_1
     err = one_line_error(nst(*full, "size=8", f"hydra.run.dir={tmp_path}/r"))
     assert "use size=" in err and "or more" in err
+    assert err.startswith("nst: error: size=8 makes content image 8x5 px, its shorter side below")
     size = int(err.split("use size=")[1].split()[0])
-    # the size it names does work (the same check, in-process)
-    from nst.images import load_image, resize_longest
-    from nst.run import check_size
+    # the size it names is the smallest that works (the same check, in-process)
+    import nst as nst_api
+    from nst.images import load_image
+    from nst.run import size_problem
+    from nst.spec import RunSpec
 
-    chelsea = load_image("sample:chelsea")  # the default content
-    layers = ["relu4_2", "relu5_1"]
-    check_size("vgg16", layers, resize_longest(chelsea, size).shape[:2], size)
+    spec = RunSpec.from_config(nst_api.load_config(["size=8"]))
+    hws = [load_image(x).shape[:2] for x in ("sample:chelsea", *spec.styles)]  # the defaults
+    assert size_problem(spec, hws[0], hws[1:], size) is None
+    assert size_problem(spec, hws[0], hws[1:], size - 1) is not None
+
+
+def test_size_hint_for_elongated_images_and_styles_names_a_size_that_works():
+    """The hint is searched, not scaled from the rounded short side (which for a 4000x4
+    image named a size that failed again), and names the style when the style is too small."""
+    import nst as nst_api
+    from nst.errors import ConfigError
+    from nst.run import check_size, size_problem
+    from nst.spec import RunSpec
+
+    spec = RunSpec.from_config(nst_api.load_config([]))
+    wide, square = (4, 4000), (300, 300)
+    with pytest.raises(ConfigError) as e:
+        check_size(spec, wide, [square], 512)
+    msg = str(e.value)
+    assert msg.startswith("size=512 makes content image 512x1 px") and "\n" not in msg
+    size = int(msg.split("use size=")[1].split()[0])
+    assert size_problem(spec, wide, [square], size) is None
+    assert size_problem(spec, wide, [square], size - 1) is not None
+    with pytest.raises(ConfigError, match=r"makes the style image 64x1 px.*relu5_1; use size="):
+        check_size(spec, (300, 400), [wide], 64)
+    with pytest.raises(ConfigError, match="makes style image 2 .* use size="):
+        check_size(spec, (300, 400), [square, wide], 64)
+    spec.pyramid_levels, spec.pyramid_scale_factor = 2, 2.0
+    with pytest.raises(ConfigError, match=r"content image .* at pyramid level 0 \(16 px\)"):
+        check_size(spec, (300, 400), [square], 32)
 
 
 @pytest.mark.slow  # an end-to-end CLI case: CI's slow step runs it
@@ -368,3 +398,72 @@ def test_early_stop_from_the_command_line(tmp_path, write_png):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert summary["status"] == "ok" and 0 < summary["steps"] < 50
     assert rows[-1]["step"] == summary["steps"]
+
+
+@pytest.mark.parametrize("which", ["content", "style"])
+def test_output_naming_an_input_image_is_refused_and_the_input_kept(tmp_path, write_png, which):
+    c, s = write_png("c.png", 30, 40, 1), write_png("s.png", 40, 40, 2)
+    before = {c: c.read_bytes(), s: s.read_bytes()}
+    target = c if which == "content" else s
+    out = tmp_path / "run"
+    # The same file by another spelling of its path.
+    alias = tmp_path / "." / target.name
+    p = nst(f"content={c}", f"style={s}", *FAST, f"output={alias}", f"hydra.run.dir={out}")
+    err = one_line_error(p)
+    assert err == (
+        f"nst: error: output={alias} is the {which} image: the result would overwrite it; "
+        "name another file"
+    )
+    assert {k: k.read_bytes() for k in before} == before
+    assert not (out / "result.png").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_unwritable_output_is_refused_before_anything_runs(tmp_path, write_png):
+    c = write_png("c.png", 30, 40, 1)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a directory")
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    p = nst(f"content={c}", *FAST, f"output={blocker}/x.png", f"hydra.run.dir={out}")
+    err = one_line_error(p)
+    assert err.startswith(f"nst: error: cannot write {blocker}: ")
+    assert not (out / "metrics.jsonl").exists() and not (out / "result.png").exists()
+    assert blocker.read_text() == "not a directory"
+    assert time.perf_counter() - t0 < 60  # refused at the start, not after compiling
+
+
+def test_output_write_failure_at_the_end_keeps_the_result_in_the_run_directory(tmp_path):
+    import numpy as np
+
+    from nst import run as nrun
+    from nst.errors import NstError
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(NstError) as e:
+        nrun._save_output(np.zeros((4, 4, 3), np.float32), f"{blocker}/x.png", run_dir)
+    assert str(e.value).startswith(f"cannot write {blocker}")
+    assert str(e.value).endswith(f"; the result is kept in {run_dir / 'result.png'}")
+
+
+def test_memory_check_counts_the_style_resized_to_the_content(monkeypatch):
+    """A panorama content with a square style: the style becomes a size x size image, far
+    larger than the content; its targets' memory is checked too (an OOM kill otherwise)."""
+    import nst as nst_api
+    from nst import run as nrun
+    from nst.errors import ConfigError
+    from nst.spec import RunSpec
+
+    monkeypatch.setattr(nrun, "available_memory", lambda: 20 * 2**30)
+    spec = RunSpec.from_config(nst_api.load_config([]))
+    nrun.check_memory(spec, (200, 4000), 4000)  # the content alone fits
+    with pytest.raises(ConfigError) as e:
+        nrun.check_memory(spec, (200, 4000), 4000, [(500, 500)])
+    assert str(e.value).startswith(
+        "size=4000 resizes the style image to 4000x4000 px (the content's longest side times "
+        "style_scale=1), which needs an estimated "
+    )
+    assert str(e.value).endswith("GiB available; use a smaller size or style_scale")
+    nrun.check_memory(spec, (200, 4000), 4000, [(50, 1000)])  # a style of the same shape fits

@@ -278,6 +278,13 @@ def test_load_params_refuses_garbage(tmp_path: Path):
         weights.load_params(tmp_path / "odd.npz")
 
 
+def test_a_directory_for_a_weights_file_is_named_as_one(tmp_path: Path):
+    with pytest.raises(WeightsError, match=f"^weights file {tmp_path} is a directory; name the "):
+        weights.require_file(tmp_path)
+    with pytest.raises(WeightsError, match=f"^Keras weights file {tmp_path}/x.h5 does not exist$"):
+        weights.load_keras_h5(tmp_path / "x.h5", "vgg19")
+
+
 # --- Random init. ----------------------------------------------------------------------------
 
 

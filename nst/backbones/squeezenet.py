@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from nst.backbones import Backbone, BackboneSpec, FunctionNetwork, Layer, register_backbone
+from nst.backbones.weights import require_file
 from nst.errors import ConfigError, WeightsError
 
 URL = "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"
@@ -202,8 +203,7 @@ def _download(url: str, dest: Path) -> None:
 def load_file(path: Path) -> dict[str, np.ndarray]:
     """A state dict (``.pth``/``.pt`` or ``.safetensors``) checked against torchvision's names
     and shapes; classifier tensors are ignored."""
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
+    require_file(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from nst.backbones.weights import read_safetensors

@@ -107,6 +107,15 @@ _CHUNK = 1 << 20
 # --- Cache directory and hashing. -----------------------------------------------------------
 
 
+def require_file(path: str | os.PathLike, what: str = "weights file") -> None:
+    """A one-line WeightsError unless ``path`` is a file (saying so when it is a directory)."""
+    path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{what} {path} is a directory; name the file itself")
+    if not path.is_file():
+        raise WeightsError(f"{what} {path} does not exist")
+
+
 def cache_dir() -> Path:
     """The directory for downloaded and converted weights (:func:`nst.files.cache_dir`)."""
     return files.cache_dir(WeightsError)
@@ -276,8 +285,7 @@ def convert_onnx_vgg16(
     import onnx  # deferred: only this source needs it, and importing it costs ~0.2 s
     from onnx import numpy_helper
 
-    if not Path(path).is_file():
-        raise WeightsError(f"ONNX weights file {path} does not exist")
+    require_file(path, "ONNX weights file")
     if expected_file_sha256 is not None:
         actual = sha256_file(path)
         if actual != expected_file_sha256:
@@ -378,8 +386,7 @@ def load_keras_h5(
     """
     import h5py  # deferred: only this source needs it
 
-    if not Path(path).is_file():
-        raise WeightsError(f"Keras weights file {path} does not exist")
+    require_file(path, "Keras weights file")
     if expected_md5 is not None:
         actual = md5_file(path)
         if actual != expected_md5:
@@ -526,8 +533,7 @@ def load_torchvision_safetensors(
 ) -> Params:
     """The convolutions of a torchvision VGG state dict saved as ``.safetensors``
     (:func:`torchvision_vgg`); only those tensors are read."""
-    if not Path(path).is_file():
-        raise WeightsError(f"safetensors weights file {path} does not exist")
+    require_file(path, "safetensors weights file")
     header, _, _ = _safetensors_header(path)
     shapes = {k: v.get("shape", []) for k, v in header.items() if isinstance(v, dict)}
     return torchvision_vgg(
@@ -544,8 +550,7 @@ def load_torchvision_pth(
     from nst.backbones.torch_pickle import check_hash_in_name, load_state_dict
 
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
+    require_file(path)
     check_hash_in_name(path)
     state = load_state_dict(path)
     shapes = {k: list(v.shape) for k, v in state.items()}
@@ -687,8 +692,7 @@ def _user_file(weights_path: str | None, source: str, hint: str) -> Path:
     if weights_path is None:
         raise WeightsError(f"backbone.weights={source} needs backbone.weights_path={hint}")
     path = Path(weights_path).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
+    require_file(path)
     return path
 
 
