@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import signal
@@ -116,7 +117,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if isinstance(e, RunInterrupted):
             sys.exit(128 + e.signum)  # a signal stops the whole sweep, not just this job
         if multirun:
-            return  # recorded in error.json: the other jobs run, the sweep ends non-zero
+            # Recorded in error.json: the other jobs run, the sweep ends non-zero.
+            return _failed_value(hc)
         sys.exit(2)
     if summary.get("signal"):
         print(
@@ -140,6 +142,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     # Returned to Hydra: what optimizing sweepers (Optuna, ...) minimize or maximize.
     value = metric.get("value")
     return float(final["total"] if value is None else value)
+
+
+def _failed_value(hc: DictConfig) -> float:
+    """What a failed job returns to an optimizing sweeper: the worst value in its direction.
+    Optuna's Hydra sweeper stops the whole study on None or NaN; an infinite value it records
+    as the trial's, ranked last, and the search goes on."""
+    direction = hc.sweeper.get("direction") if "sweeper" in hc else None
+    return -math.inf if str(direction) == "maximize" else math.inf
 
 
 _INFO_FLAGS = (
@@ -195,6 +205,8 @@ def check_output_dirs(argv: list[str]) -> str | None:
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     value = _value(argv, key)
     given = value is not None
+    if given and not value.strip():
+        return f"{key} is empty: name a directory (or leave it out for the default under outputs/)"
     if not given:
         value = "outputs"  # the default run and sweep directories live under ./outputs
     path = Path(value.split("${", 1)[0] or ".").expanduser()

@@ -84,3 +84,23 @@ def use_one_device(key: str) -> str | None:
     device: Any = devices[claim_slot(len(devices), key)]
     jax.config.update("jax_default_device", device)
     return f"{device.platform}:{device.id}"
+
+
+def check_backend() -> None:
+    """Start JAX's backend now: where the platform asked for (``JAX_PLATFORMS``) is not
+    available, a one-line NstError instead of JAX's traceback (a bare AssertionError for cuda
+    on a machine without it)."""
+    import jax
+
+    from nst.errors import NstError, one_line
+
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError, ValueError) as e:
+        text = str(e).strip()
+        detail = one_line(text.splitlines()[0]) if text else type(e).__name__
+        asked = os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_PLATFORM_NAME")
+        hint = (
+            f" (JAX_PLATFORMS={asked}: unset it or install JAX for that platform)" if asked else ""
+        )
+        raise NstError(f"JAX cannot start its backend: {detail}{hint}") from None

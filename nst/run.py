@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import signal
@@ -115,12 +116,14 @@ def check_memory(
     backbone = get_backbone(spec.backbone.arch)
     need = backbone.step_bytes(spec.backbone, spec.loss, hw)
     have = available_memory()
+    # 90% of what is available: the estimate is rough, and the OS and other processes need some.
+    usable = f"the {0.9 * have / 2**30:.1f} GiB usable (90% of {have / 2**30:.1f} GiB available)"
     if need > 0.9 * have:
         striped = backbone.strip_blocks(spec.backbone, spec.loss)
         hint = "" if striped else " or backbone.remat=true (~4x the pixels in the same memory)"
         raise ConfigError(
             f"size={size} ({hw[1]}x{hw[0]} px) needs an estimated {need / 2**30:.1f} GiB, more than "
-            f"the {have / 2**30:.1f} GiB available; use a smaller size{hint}"
+            f"{usable}; use a smaller size{hint}"
         )
     for k, shw in enumerate(styles):
         need = backbone.target_bytes(spec.loss, shw)
@@ -128,8 +131,8 @@ def check_memory(
             raise ConfigError(
                 f"size={size} resizes {_style_name(k, len(styles))} to {shw[1]}x{shw[0]} px (the "
                 f"content's longest side times style_scale={spec.style_scale:g}), which needs an "
-                f"estimated {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
-                "available; use a smaller size or style_scale"
+                f"estimated {need / 2**30:.1f} GiB, more than {usable}; use a smaller size or "
+                "style_scale"
             )
 
 
@@ -274,7 +277,7 @@ def run(
         # refused or failed start must not leave a record beside another run's files.
         if run_dir is None or (not claim["claimed"] and rundir.previous_files(run_dir)):
             raise
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        status = "interrupted" if isinstance(e, KeyboardInterrupt | RunInterrupted) else "failed"
         # An unwritable run directory may itself be the error being reported.
         record = {"status": status, "error": one_line(e), "type": type(e).__name__}
         if not isinstance(e, NstError):
@@ -331,8 +334,11 @@ def _run(
         raise
     spec, init, params, winfo, backbone, content_raw, styles_raw, sizes, levels = prepared
     # The engine (and JAX) load only now: a run that fails on its inputs or config does not wait.
+    from nst.devices import check_backend
     from nst.engine import Diverged, Interrupted
     from nst.engine import stylize as engine_stylize
+
+    check_backend()
 
     stylize = stylize or engine_stylize
     if spec.progress:  # inputs and weights are fine: say what the silent part was, then compile
@@ -683,9 +689,18 @@ def level_inputs(
     return Inputs(content, styles, content, cmask, smasks)
 
 
-def _mask(image: Any, hw: tuple[int, int], max_pixels: int) -> np.ndarray:
-    """A mask image as ``hw`` floats in 0..1 (grey level / 255)."""
+def _mask(image: Any, hw: tuple[int, int], max_pixels: int, key: str) -> np.ndarray:
+    """A mask image as ``hw`` floats in 0..1 (grey level / 255), stretched to ``hw``: a warning
+    when that changes its aspect ratio by more than 5% (the regions would move)."""
     img = images.load_any(image, max_pixels)
+    mh, mw = img.shape[:2]
+    if abs(math.log((mw / mh) / (hw[1] / hw[0]))) > math.log(1.05):
+        print(
+            f"nst: warning: {key} is {mw}x{mh} px, stretched to the {hw[1]}x{hw[0]} px image it "
+            "masks (another aspect ratio: its regions move)",
+            file=sys.stderr,
+            flush=True,
+        )
     return images.resize_to(img, hw).mean(axis=-1) / 255.0
 
 
@@ -697,10 +712,10 @@ def _masks(
     smasks: list[np.ndarray | None] = [None] * len(styles)
     if spec.style_masks is not None:
         smasks = [
-            None if m is None else _mask(m, s.shape[:2], spec.max_pixels)
+            None if m is None else _mask(m, s.shape[:2], spec.max_pixels, "style_mask")
             for m, s in zip(spec.style_masks, styles, strict=True)
         ]
-    return _mask(spec.content_mask, content.shape[:2], spec.max_pixels), smasks
+    return _mask(spec.content_mask, content.shape[:2], spec.max_pixels, "content_mask"), smasks
 
 
 def _load_backbone(spec: RunSpec) -> tuple[RunSpec, Any, dict[str, Any]]:

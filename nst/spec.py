@@ -248,6 +248,25 @@ def _finite_non_negative(key: str, value: Any) -> float:
     return v
 
 
+def _optimized_metric(value: Any, evaluate: bool, loss: LossSpec) -> str:
+    """The final metric a job returns to Hydra's sweeper: one the run will have (an unknown
+    name would let an optimizing sweeper chase a fallback for every trial)."""
+    from nst.evaluate import KEYS
+
+    name = str(value or ("eval/style" if evaluate else "total"))
+    known = ["total", "content", "style", "tv", "sec_per_step", "lr"]
+    known += [f"content/{k}" for k in loss.content_layers]
+    known += [f"style/{k}" for k in loss.style_layers]
+    if name in KEYS and not evaluate:
+        raise ConfigError(f"optimized_metric={name} needs eval.enabled=true")
+    if name not in known and name not in KEYS:
+        raise ConfigError(
+            f"optimized_metric={name} is not a final metric of this run; valid: "
+            f"{', '.join(known + list(KEYS))}"
+        )
+    return name
+
+
 def _max_pixels(value: Any) -> int:
     v = int(value)
     if v <= 0:
@@ -417,9 +436,7 @@ def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
         eval_every=_non_negative("eval.every", cfg.eval.every),
         animation=bool(cfg.animation),
         output=_output(cfg.output),
-        optimized_metric=str(
-            cfg.optimized_metric or ("eval/style" if cfg.eval.enabled else "total")
-        ),
+        optimized_metric=_optimized_metric(cfg.optimized_metric, bool(cfg.eval.enabled), loss),
         pyramid_levels=levels,
         pyramid_scale_factor=factor,
         pyramid_steps=level_steps,

@@ -460,6 +460,7 @@ def test_killed_run_resumes_byte_identical(tmp_path, write_png, how):
         assert proc.returncode == 143 and err.strip().startswith("nst: error: interrupted at step")
         assert len(err.strip().splitlines()) == 1
         assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+        assert json.loads((run / "error.json").read_text())["status"] == "interrupted"
         assert (run / "interrupted.png").exists()
 
     def files():

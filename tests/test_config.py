@@ -237,3 +237,20 @@ def test_values_the_schema_cannot_check_fail_in_one_line(override, message):
     with pytest.raises(ConfigError) as e:
         RunSpec.from_config(_compose([override]))
     assert str(e.value) == message
+
+
+def test_optimized_metric_must_be_a_final_metric_of_the_run():
+    from nst.errors import ConfigError
+
+    spec = RunSpec.from_config(_compose(["optimized_metric=style/relu3_1", "eval.enabled=false"]))
+    assert spec.optimized_metric == "style/relu3_1"
+    assert RunSpec.from_config(_compose(["eval.enabled=true"])).optimized_metric == "eval/style"
+    assert RunSpec.from_config(_compose(["eval.enabled=false"])).optimized_metric == "total"
+    with pytest.raises(
+        ConfigError, match="^optimized_metric=eval/tradeoff needs eval.enabled=true$"
+    ):
+        RunSpec.from_config(_compose(["optimized_metric=eval/tradeoff", "eval.enabled=false"]))
+    with pytest.raises(ConfigError) as e:
+        RunSpec.from_config(_compose(["optimized_metric=bogus"]))
+    assert str(e.value).startswith("optimized_metric=bogus is not a final metric of this run; ")
+    assert "content/relu4_2" in str(e.value) and "eval/tradeoff" in str(e.value)

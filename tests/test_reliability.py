@@ -465,5 +465,50 @@ def test_memory_check_counts_the_style_resized_to_the_content(monkeypatch):
         "size=4000 resizes the style image to 4000x4000 px (the content's longest side times "
         "style_scale=1), which needs an estimated "
     )
-    assert str(e.value).endswith("GiB available; use a smaller size or style_scale")
+    assert str(e.value).endswith("GiB available); use a smaller size or style_scale")
+    assert "GiB usable (90% of " in str(e.value)
     nrun.check_memory(spec, (200, 4000), 4000, [(50, 1000)])  # a style of the same shape fits
+
+
+@pytest.mark.parametrize("flag", [[], ["-m"]])
+def test_an_empty_run_or_sweep_dir_is_refused(tmp_path, flag):
+    key = "hydra.sweep.dir" if flag else "hydra.run.dir"
+    p = subprocess.run(
+        [sys.executable, "-m", "nst.app", *flag, *FAST, f"{key}="],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    err = one_line_error(p)
+    assert err.startswith(f"nst: error: {key} is empty: name a directory")
+    assert list(tmp_path.iterdir()) == []  # nothing written into the working directory
+
+
+def test_an_unavailable_jax_platform_is_one_line():
+    code = "from nst.devices import check_backend; check_backend()"
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cuda", "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert p.returncode != 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("nst.errors.NstError: JAX cannot start its backend: ")
+    assert last.endswith("(JAX_PLATFORMS=cuda: unset it or install JAX for that platform)")
+
+
+def test_a_mask_of_another_aspect_ratio_is_stretched_with_a_warning(capsys):
+    import numpy as np
+
+    from nst import run as nrun
+
+    wide = np.zeros((20, 100, 3), np.float32)
+    out = nrun._mask(wide, (30, 40), 10**6, "content_mask")
+    assert out.shape == (30, 40)
+    assert capsys.readouterr().err == (
+        "nst: warning: content_mask is 100x20 px, stretched to the 40x30 px image it masks "
+        "(another aspect ratio: its regions move)\n"
+    )
+    nrun._mask(np.zeros((31, 40, 3), np.float32), (30, 40), 10**6, "content_mask")
+    assert capsys.readouterr().err == ""  # within 5%: no warning
