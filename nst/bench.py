@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import statistics
@@ -323,6 +324,7 @@ def prepare_jax(
         "compute_dtype": compute_dtype,
         # How many convolution passes (forward, input gradient) ran in each form.
         "plan": _plan_counts(prog.model, prog.params),
+        # 0: the unbatched single-image program (the table shows "-"); N: the batched one.
         "batch": batch,
         "backend": backend,
         "device": dev,
@@ -509,9 +511,16 @@ def bench_torch(arch: str, size: int, *, steps: int = 10, **kw: Any) -> dict[str
     return run_configs([lambda: prepare_torch(arch, size, **kw)], steps)[0]
 
 
-def max_size(arch: str, budget_bytes: int, *, remat: bool, lo: int = 256, hi: int = 8192) -> int:
+# Where ``--max-size``'s search starts: the smallest size it reports.
+MAX_SIZE_FROM = 256
+
+
+def max_size(
+    arch: str, budget_bytes: int, *, remat: bool, lo: int = MAX_SIZE_FROM, hi: int = 8192
+) -> int:
     """Largest size (multiple of 64 px, longest side, 3:4) whose compiled step needs at most
-    ``budget_bytes`` according to XLA's memory analysis (temporaries + arguments + outputs)."""
+    ``budget_bytes`` according to XLA's memory analysis (temporaries + arguments + outputs);
+    0 when not even ``lo`` fits."""
     import jax
 
     from nst.backbones import BackboneSpec
@@ -541,7 +550,7 @@ def max_size(arch: str, budget_bytes: int, *, remat: bool, lo: int = 256, hi: in
         a = m.memory_analysis()
         return int(a.temp_size_in_bytes + a.argument_size_in_bytes + a.output_size_in_bytes)
 
-    lo_ok = lo
+    first = lo_ok = lo
     while lo < hi:  # binary search on multiples of 64
         mid = (lo + hi + 64) // 128 * 64
         if mid <= lo:
@@ -550,11 +559,15 @@ def max_size(arch: str, budget_bytes: int, *, remat: bool, lo: int = 256, hi: in
             lo = lo_ok = mid
         else:
             hi = mid - 64
+    # Nothing above ``lo`` fitted: ``lo`` itself was never measured.
+    if lo_ok == first and need(first) > budget_bytes:
+        return 0
     return lo_ok
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table of benchmark rows."""
+    """Markdown table of benchmark rows (batch ``-``: the unbatched single-image program, the
+    rows' ``"batch": 0``)."""
     head = (
         "| impl | backbone | size (HxW) | dtype | remat | batch | device | conv (compute) | compile s "
         "| step ms (p10-p90) | steps/s | MPix·steps/s | GFLOP/step | TFLOP/s | MFU | peak MiB "
@@ -567,8 +580,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         ratio = f"{r['jax_over_torch']:.2f}" if r.get("jax_over_torch") else "-"
         lines.append(
             f"| {r['impl']} | {r['backbone']} | {r['h']}x{r['w']} | {r['dtype']} | "
-            f"{'yes' if r['remat'] else 'no'} | {r['batch'] or 1} | {r['backend']}:{r['device']} | "
-            f"{_conv_label(r)} | {r['compile_s']:.1f} | {1e3 * r['step_s_median']:.1f} "
+            f"{'yes' if r['remat'] else 'no'} | {r['batch'] or '-'} | "
+            f"{r['backend']}:{r['device']} | {_conv_label(r)} | {r['compile_s']:.1f} | {1e3 * r['step_s_median']:.1f} "
             f"({1e3 * r['step_s_p10']:.1f}-{1e3 * r['step_s_p90']:.1f}) | "
             f"{r['steps_per_s']:.2f} | {r['mpix_steps_per_s']:.3f} | "
             f"{r['flops_per_step'] / 1e9:.1f} | {r['flops_per_s'] / 1e12:.3f} | {mfu} | {peak} "
@@ -738,21 +751,142 @@ def grid_bench(
     }
 
 
+def _int_arg(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type``: an integer >= 1."""
+    n = _int_arg(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {n}")
+    return n
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type``: an integer >= 0."""
+    n = _int_arg(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
+    return n
+
+
+def grid_jobs(text: str) -> int:
+    """argparse ``type`` of ``--grid``: 0 (off) or a grid of at least 2 jobs."""
+    n = _int_arg(text)
+    if n != 0 and n < 2:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or at least 2 jobs, not {n}")
+    return n
+
+
+def non_negative_float(text: str) -> float:
+    """argparse ``type``: a finite number >= 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(x) or x < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
+    return x
+
+
+def min_size(arch: str) -> tuple[int, str]:
+    """The smallest ``--sizes`` value whose frame (:func:`hw_for`) leaves the deepest layer the
+    loss reads at least one position after its poolings (``nst`` refuses smaller images), and
+    that layer."""
+    from nst.backbones import get_backbone
+    from nst.loss_spec import LossSpec
+
+    backbone = get_backbone(arch)
+    deepest = backbone.deepest_layer(LossSpec().layers)
+    size = 1
+    while min(backbone.layer_size(deepest, *hw_for(size))) < 1:
+        size += 1
+    return size, deepest
+
+
+def check_out(path: Path) -> str | None:
+    """Why JSON lines cannot be appended to ``path``, or None: checked by opening it for
+    appending (what the run does later; file permissions alone miss read-only file systems and
+    /proc), and removing it again if that created it."""
+    if path.is_dir():
+        return f"--out {path} is a directory; give a file to append JSON lines to"
+    if not path.parent.is_dir():
+        return f"--out {path}: directory {path.parent} does not exist"
+    existed = path.exists()
+    try:
+        with path.open("a"):
+            pass
+    except OSError as e:
+        return f"--out {path} cannot be appended to: {e.strerror or e}"
+    if not existed:
+        path.unlink(missing_ok=True)
+    return None
+
+
+def _check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Errors argparse's ``type=`` cannot see (they involve several arguments or the file
+    system), as ``ap.error``: before any JAX work."""
+    per_size = [
+        flag
+        for flag, on in (
+            ("--grid", args.grid),
+            ("--conv-layers", args.conv_layers),
+            ("--compare-torch", args.compare_torch),
+        )
+        if on
+    ]
+    if not args.sizes:
+        if per_size:
+            verb = "runs" if len(per_size) == 1 else "run"
+            ap.error(f"{', '.join(per_size)} {verb} at each of --sizes: give at least one size")
+        if not args.max_size:
+            ap.error("nothing to do: --sizes is empty and --max-size is off")
+    for arch in args.backbone:
+        smallest, layer = min_size(arch)
+        for size in args.sizes:
+            if size < smallest:
+                h, w = hw_for(size)
+                ap.error(
+                    f"argument --sizes: {size} px is a {h}x{w} frame, too small for {arch} "
+                    f"{layer} (the deepest layer the loss reads); use {smallest} or more"
+                )
+    if args.out is not None and (problem := check_out(args.out)):
+        ap.error(problem)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    hostmem.tune_malloc()  # as `nst` does: time the step the way real runs execute it
     ap = argparse.ArgumentParser(prog="nst-bench", description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--sizes",
-        type=int,
+        type=positive_int,
         nargs="*",
         default=[128, 256, 512, 1024],
-        help="longest sides to time (none: only --grid/--max-size/--conv-layers work)",
+        help="longest sides to time, px (3:4 frames; --grid and --conv-layers use them too; "
+        "none: only --max-size runs)",
     )
     ap.add_argument("--backbone", nargs="+", default=["vgg16"], choices=["vgg16", "vgg19"])
     ap.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per configuration (>=10)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
-    ap.add_argument("--steps-per-call", type=int, default=0, help="0: the engine's default")
+    ap.add_argument(
+        "--steps",
+        type=positive_int,
+        default=10,
+        help="timed steps per configuration, in whole calls of --steps-per-call and at least 5 "
+        "calls (the JSON's steps is the number timed); 10 or more calls keep p10/p90 off the "
+        "fastest and slowest call",
+    )
+    ap.add_argument(
+        "--warmup", type=non_negative_int, default=2, help="untimed calls after compiling"
+    )
+    ap.add_argument(
+        "--steps-per-call",
+        type=non_negative_int,
+        default=0,
+        help="steps per jitted call (0: the engine's default, 1 on CPU, 10 elsewhere)",
+    )
     ap.add_argument("--remat", choices=["no", "yes", "both"], default="no")
     ap.add_argument(
         "--conv",
@@ -790,15 +924,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         "built first, then timed in interleaved rounds, one call of each per round, so that "
         "drift of the machine's speed hits all alike; peak MiB then includes those built before)",
     )
-    ap.add_argument("--grid", type=int, default=0, help="also time an N-job batched grid")
-    ap.add_argument("--max-size", type=float, default=0, help="budget GiB: largest size that fits")
+    ap.add_argument(
+        "--grid",
+        type=grid_jobs,
+        default=0,
+        help="also time an N-job batched grid at each size (N >= 2; 0: off)",
+    )
+    ap.add_argument(
+        "--max-size",
+        type=non_negative_float,
+        default=0,
+        help="budget GiB: largest size that fits (0: off)",
+    )
     ap.add_argument("--out", type=Path, help="append JSON lines here")
     args = ap.parse_args(argv)
+    _check_args(ap, args)
 
+    # As `nst` does: time the step the way real runs execute it. Before JAX starts its threads,
+    # after the checks (a refused command leaves the calling process's allocator alone).
+    hostmem.tune_malloc()
     import jax
 
     from nst.backbones import tune
+    from nst.devices import check_backend
+    from nst.errors import NstError
 
+    try:
+        check_backend()  # the backends start here: JAX_PLATFORMS may name a missing device
+    except NstError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
     backend, dev = device_kind()
     flags = tune.cpu_flags()
     meta = {
@@ -908,7 +1062,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "pixels": h * w,
                 }
                 if remat:
-                    r["remat_pixel_gain"] = r["pixels"] / size_rows[-1]["pixels"]
+                    base = size_rows[-1]["pixels"]
+                    r["remat_pixel_gain"] = r["pixels"] / base if base else None
                 size_rows.append(r)
                 emit(r)
     if out:
@@ -935,10 +1090,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{g['batched_throughput_ceiling']:.2f}x"
         )
     for r in size_rows:
+        if not r["size"]:
+            print(
+                f"\nno {r['backbone']} step fits within {r['budget_gib']} GiB, "
+                f"remat={r['remat']}: even {MAX_SIZE_FROM} px needs more"
+            )
+            continue
+        gain = r.get("remat_pixel_gain")
         print(
             f"\nlargest {r['backbone']} step within {r['budget_gib']} GiB, remat={r['remat']}: "
             f"{r['h']}x{r['w']} ({r['pixels'] / 1e6:.2f} MPix)"
-            + (f", {r['remat_pixel_gain']:.2f}x the pixels of remat=False" if r["remat"] else "")
+            + (f", {gain:.2f}x the pixels of remat=False" if gain else "")
         )
     return 0
 

@@ -240,7 +240,7 @@ class NSTConfig:
     init: InitConfig = MISSING
     # Trackers besides the local files: name -> options (logger=wandb, logger=[wandb,tensorboard]).
     logger: dict[str, Any] = field(default_factory=dict)
-    # Where paper-figure experiments find their images (scripts/fetch_paper_images.py fills it).
+    # Where paper-figure experiments find their images (python -m nst.paper_images fills it).
     images_dir: str = "${nst_cache:paper_images}"
     figure: FigureConfig = field(default_factory=FigureConfig)
 

@@ -98,7 +98,13 @@ def check_backend() -> None:
         jax.devices()
     except (RuntimeError, AssertionError, ValueError) as e:
         text = str(e).strip()
-        detail = one_line(text.splitlines()[0]) if text else type(e).__name__
+        # JAX 0.10 asserts, with no message, when no listed platform starts (JAX_PLATFORMS=cuda
+        # without a visible NVIDIA GPU is skipped, leaving none).
+        detail = (
+            one_line(text.splitlines()[0])
+            if text
+            else f"no listed platform started ({type(e).__name__})"
+        )
         asked = os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_PLATFORM_NAME")
         hint = (
             f" (JAX_PLATFORMS={asked}: unset it or install JAX for that platform)" if asked else ""

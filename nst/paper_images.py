@@ -3,7 +3,7 @@
 :data:`MANIFEST` maps each local file name to its public source URL, checksum (where one is
 published), title, artist, year and licence. :func:`fetch` downloads the missing ones into a
 folder (by default :func:`default_images_dir`), verifying each against its checksum and writing it
-atomically; ``scripts/fetch_paper_images.py`` is its command line. Nothing here is needed to run
+atomically; ``python -m nst.paper_images`` (:func:`main`) is its command line. Nothing here is needed to run
 ``nst``: any image file works as content or style.
 
 Provenance of the URLs and MD5s (facts taken from other projects, each named per entry):
@@ -43,7 +43,7 @@ from nst import __version__, files
 from nst.errors import ImageError, NstError, one_line
 from nst.files import atomic_write_bytes
 
-SCRIPT = "scripts/fetch_paper_images.py"
+SCRIPT = "-m nst.paper_images"  # works from an installed package too
 SUBDIR = "paper_images"
 # Wikimedia refuses requests without a descriptive User-Agent (its User-Agent policy).
 USER_AGENT = f"nst/{__version__} (neural style transfer reproduction; Python urllib)"
@@ -396,3 +396,90 @@ def fetch(
     if errors:
         raise ImageError("; ".join(errors))
     return paths
+
+
+def _split_names(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [n for v in values for n in v.split(",") if n.strip()]
+
+
+def _print_list(names: list[str]) -> None:
+    for e in (MANIFEST[n] for n in names):
+        sums = [
+            f"{algo} {value}" for algo, value in (("md5", e.md5), ("sha256", e.sha256)) if value
+        ]
+        checksum = ", ".join(sums) or "no published checksum (not verified)"
+        flag = "" if e.free else "  [not public domain: needs --include-non-pd]"
+        print(f"{e.name}: {e.artist}, {e.title} ({e.year}); {e.license}{flag}")
+        print(f"    {e.url}")
+        print(f"    {checksum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nst.paper_images``: download the paper's images into a folder, verifying
+    checksums (``--list`` shows what and from where). Files already present are kept."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m nst.paper_images",
+        description="Download the images of Gatys, Ecker & Bethge (CVPR 2016) into a folder, "
+        "verifying checksums.",
+    )
+    p.add_argument(
+        "--dest",
+        help="folder to download into (default: $NST_CACHE_DIR, $XDG_CACHE_HOME/nst or "
+        "~/.cache/nst, plus /paper_images)",
+    )
+    p.add_argument(
+        "--names",
+        nargs="+",
+        metavar="NAME",
+        help=f"images to fetch, space- or comma-separated (default: all): {', '.join(NAMES)}",
+    )
+    p.add_argument(
+        "--include-non-pd",
+        action="store_true",
+        help="also fetch images that are not free to copy (seated-nude.jpg, a Picasso)",
+    )
+    p.add_argument("--list", action="store_true", help="list the images and their sources; no I/O")
+    p.add_argument(
+        "--base-url", help="download each file from BASE_URL/NAME instead (a mirror; tests)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="re-download files that are present but differ from the listed checksum",
+    )
+    p.add_argument("--timeout", type=float, default=30, help="seconds per request (default 30)")
+    p.add_argument("--quiet", action="store_true", help="no per-image lines on stderr")
+    a = p.parse_args(argv)
+
+    try:
+        names = resolve_names(_split_names(a.names))
+        if a.list:
+            _print_list(names)
+            return 0
+        dest = a.dest if a.dest is not None else default_images_dir()
+        paths = fetch(
+            names,
+            dest=dest,
+            base_url=a.base_url,
+            include_non_pd=a.include_non_pd,
+            timeout=a.timeout,
+            progress=not a.quiet,
+            overwrite=a.overwrite,
+        )
+    except NstError as err:  # one line; the exit code of the script it replaces
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    skipped = [n for n in names if n not in paths]
+    line = f"{len(paths)} paper image(s) in {dest}"
+    if skipped:
+        line += f"; skipped {', '.join(skipped)} (not public domain; --include-non-pd)"
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -811,7 +811,7 @@ def _check_paper_images(spec: RunSpec) -> None:
         if p.parent == images_dir and not p.exists():
             missing.append(p.name)
     if missing:
-        raise ImageError(missing_images_message(images_dir, missing))
+        raise ImageError(missing_images_message(images_dir, dict.fromkeys(missing)))
 
 
 def _versions() -> dict[str, str]:

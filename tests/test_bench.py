@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +203,134 @@ def test_max_size_grows_with_remat():
     remat = bench.max_size("vgg16", budget, remat=True, lo=128, hi=1024)
     assert 128 < plain < remat <= 1024
     assert plain % 64 == 0 and remat % 64 == 0
+
+
+def _refused(capsys, *argv: str) -> str:
+    """``nst-bench argv`` ends in argparse's usage and one error line, exit code 2."""
+    with pytest.raises(SystemExit) as e:
+        bench.main(list(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: nst-bench") and err.count("nst-bench: error:") == 1
+    return err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sizes", "-5"], "argument --sizes: must be a positive integer, not -5"),
+        (["--sizes", "0"], "argument --sizes: must be a positive integer, not 0"),
+        (["--sizes", "x"], "argument --sizes: not an integer: 'x'"),
+        (["--sizes", "16"], "16 px is a 12x16 frame, too small for vgg16 relu5_1"),
+        (["--sizes", "21", "--backbone", "vgg19"], "use 22 or more"),
+        (["--steps", "0"], "argument --steps: must be a positive integer, not 0"),
+        (["--warmup", "-1"], "argument --warmup: must be 0 or more, not -1"),
+        (["--steps-per-call", "-1"], "argument --steps-per-call: must be 0 or more, not -1"),
+        (["--sizes", "32", "--grid", "-2"], "argument --grid: must be 0 (off) or at least 2 jobs"),
+        (["--sizes", "32", "--grid", "1"], "argument --grid: must be 0 (off) or at least 2 jobs"),
+        (["--max-size", "-1"], "argument --max-size: must be a finite number >= 0, not -1"),
+        (["--max-size", "nan"], "argument --max-size: must be a finite number >= 0, not nan"),
+        (["--sizes"], "nothing to do: --sizes is empty and --max-size is off"),
+        (["--sizes", "--grid", "2"], "--grid runs at each of --sizes: give at least one size"),
+        (
+            ["--sizes", "--max-size", "1", "--conv-layers", "--compare-torch"],
+            "--conv-layers, --compare-torch run at each of --sizes",
+        ),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_jax_work(capsys, argv, message):
+    assert message in _refused(capsys, *argv)
+
+
+def test_out_must_be_a_file_that_can_be_appended_to(capsys, tmp_path):
+    err = _refused(capsys, "--sizes", "32", "--out", str(tmp_path))
+    assert f"--out {tmp_path} is a directory" in err
+    missing = tmp_path / "no" / "bench.jsonl"
+    err = _refused(capsys, "--sizes", "32", "--out", str(missing))
+    assert f"directory {missing.parent} does not exist" in err
+    (tmp_path / "file").write_text("")
+    err = _refused(capsys, "--sizes", "32", "--out", str(tmp_path / "file" / "bench.jsonl"))
+    assert "does not exist" in err
+    if Path("/proc/self").is_dir():  # writable by mode for root, yet no file can be made there
+        assert "--out /proc/x.jsonl cannot be appended to" in _refused(
+            capsys, "--sizes", "32", "--out", "/proc/x.jsonl"
+        )
+    # The probe leaves nothing behind and keeps what is there.
+    new, old = tmp_path / "new.jsonl", tmp_path / "old.jsonl"
+    old.write_text("{}\n")
+    assert bench.check_out(new) is None and not new.exists()
+    assert bench.check_out(old) is None and old.read_text() == "{}\n"
+
+
+def test_unavailable_jax_backend_is_one_line(capsys, monkeypatch):
+    def no_backend():
+        raise AssertionError  # what JAX 0.10 raises for JAX_PLATFORMS=cuda without a GPU
+
+    import jax
+
+    monkeypatch.setattr(jax, "devices", no_backend)
+    monkeypatch.setattr(bench.hostmem, "tune_malloc", lambda: False)
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--sizes", "32"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "nst-bench: error: JAX cannot start its backend: no listed platform started "
+        "(AssertionError) (JAX_PLATFORMS=cuda: unset it or install JAX for that platform)\n"
+    )
+
+
+def test_unavailable_jax_backend_from_the_command(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "nosuchplatform"}
+    out = tmp_path / "bench.jsonl"
+    p = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), "--sizes", "32", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.startswith(
+        "nst-bench: error: JAX cannot start its backend: Unable to initialize backend "
+        "'nosuchplatform'"
+    )
+    assert (
+        p.stderr.endswith(
+            "(JAX_PLATFORMS=nosuchplatform: unset it or install JAX for that platform)\n"
+        )
+        and p.stderr.count("\n") == 1
+    )
+    assert not out.exists()  # the --out probe created nothing
+
+
+def test_table_shows_an_unbatched_row_as_batch_dash():
+    row = {
+        "impl": "jax",
+        "backbone": "vgg16",
+        "h": 24,
+        "w": 32,
+        "dtype": "float32",
+        "remat": False,
+        "batch": 0,  # the JSON's unbatched program (verdict_lines reads it so)
+        "backend": "cpu",
+        "device": "cpu",
+        "conv": "auto",
+        "compute_dtype": "float32",
+        "compile_s": 1.0,
+        "step_s_median": 0.02,
+        "step_s_p10": 0.01,
+        "step_s_p90": 0.03,
+        "steps_per_s": 50.0,
+        "mpix_steps_per_s": 0.04,
+        "flops_per_step": 1e9,
+        "flops_per_s": 5e10,
+    }
+    assert "| float32 | no | - | cpu:cpu |" in bench.table([row])
+    assert "| float32 | no | 4 | cpu:cpu |" in bench.table([{**row, "batch": 4}])
+
+
+@pytest.mark.slow  # two small compiles, ~15 s
+def test_max_size_is_zero_when_not_even_the_smallest_size_fits():
+    assert bench.max_size("vgg16", 1, remat=False, lo=64, hi=128) == 0

@@ -245,7 +245,7 @@ def test_unreachable_server_is_one_line_error_with_url(tmp_path):
 def test_missing_images_message_and_require(tmp_path):
     msg = paper_images.missing_images_message(tmp_path, ["starry_night.jpg", "seated-nude.jpg"])
     assert "\n" not in msg
-    assert f"python scripts/fetch_paper_images.py --dest {tmp_path}" in msg
+    assert f"python -m nst.paper_images --dest {tmp_path}" in msg
     assert "--names starry_night.jpg,seated-nude.jpg --include-non-pd" in msg
     assert "images_dir=" in msg
     (tmp_path / "tubingen.jpg").write_bytes(b"x")
