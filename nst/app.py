@@ -222,6 +222,13 @@ def check_output_dirs(argv: list[str]) -> str | None:
     except WriteError as e:
         hint = "" if given else f" (the default; run from a writable directory or set {key}=DIR)"
         return f"{e}{hint}"
+    if given and multirun and resuming(argv) and (path / "multirun.yaml").is_file():
+        other = _other_sweep(path / "multirun.yaml", argv)
+        if other:
+            return (
+                f"resume=true: {path} holds another sweep ({other}); resume it with the "
+                f"overrides it was started with, or choose another {key}"
+            )
     if given and path.is_dir() and not resuming(argv):
         from nst.rundir import previous_files
 
@@ -233,6 +240,47 @@ def check_output_dirs(argv: list[str]) -> str | None:
                 f"continue it with resume=true, or choose another {key}"
             )
     return None
+
+
+def _shaping(overrides: list[str]) -> dict[str, str]:
+    """The command-line overrides that name a sweep's job directories (all but
+    :data:`nst.config.RUN_ONLY_KEYS`), key -> value as Hydra expands it (``a=1e2,1e3`` ->
+    ``100.0,1000.0``); None when Hydra cannot parse them (it says why later)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from nst.config import is_run_only
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        return {
+            o.input_line.split("=", 1)[0]: ",".join(o.sweep_string_iterator())
+            if o.is_sweep_override()
+            else o.get_value_element_as_str()
+            for o in parsed
+            if not is_run_only(o.input_line.split("=", 1)[0])
+        }
+    except Exception:  # noqa: BLE001 - Hydra reports unparsable overrides itself
+        return None  # type: ignore[return-value]
+
+
+def _other_sweep(record: Path, argv: list[str]) -> str | None:
+    """How the sweep recorded in ``record`` (a sweep directory's multirun.yaml) differs from the
+    one ``argv`` asks for, or None: a resumed sweep must name the same job directories, or two
+    sweeps' jobs would mix in one directory and report."""
+    from omegaconf import OmegaConf
+
+    try:
+        before = [str(o) for o in OmegaConf.load(record).hydra.overrides.task]
+    except Exception:  # noqa: BLE001 - an unreadable record: the job directories decide
+        return None
+    old, new = _shaping(before), _shaping([a for a in argv if "=" in a])
+    if old is None or new is None or old == new:
+        return None
+    return ", ".join(
+        f"{k}: {old.get(k, '-')} -> {new.get(k, '-')}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    )
 
 
 _PLAIN = re.compile(r"[^,\[\]{}()'\"$*?\\]+")

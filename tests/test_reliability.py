@@ -512,3 +512,28 @@ def test_a_mask_of_another_aspect_ratio_is_stretched_with_a_warning(capsys):
     )
     nrun._mask(np.zeros((31, 40, 3), np.float32), (30, 40), 10**6, "content_mask")
     assert capsys.readouterr().err == ""  # within 5%: no warning
+
+
+def test_resume_refuses_a_sweep_directory_started_with_other_overrides(tmp_path):
+    """A resumed sweep must name the same job directories: other swept values, or a changed
+    steps (part of each job's directory name), would mix two sweeps in one directory."""
+    from omegaconf import OmegaConf
+
+    from nst.app import check_output_dirs
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0_loss.beta=100.0").mkdir(parents=True)
+    (sweep / "0_loss.beta=100.0" / "summary.json").write_text("{}")
+    task = ["size=32", "loss.beta=1e2,1e3", "progress=false"]
+    OmegaConf.save({"hydra": {"overrides": {"task": task}}}, sweep / "multirun.yaml")
+    same = ["-m", "progress=true", "loss.beta=100.0,1000.0", "size=32", f"hydra.sweep.dir={sweep}"]
+    assert check_output_dirs([*same, "resume=true"]) is None  # run-only keys may change
+    other = ["-m", "size=32", "loss.beta=5,6", f"hydra.sweep.dir={sweep}", "resume=true"]
+    assert check_output_dirs(other) == (
+        f"resume=true: {sweep} holds another sweep (loss.beta: 100.0,1000.0 -> 5,6); resume "
+        "it with the overrides it was started with, or choose another hydra.sweep.dir"
+    )
+    longer = ["-m", "size=32", "steps=9", "loss.beta=1e2,1e3", f"hydra.sweep.dir={sweep}"]
+    assert "(steps: - -> 9)" in check_output_dirs([*longer, "resume=true"])
+    # Without resume=true the directory holding a run is refused as before.
+    assert "already holds a run" in check_output_dirs(same)
