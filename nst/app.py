@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -115,6 +116,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                 flush=True,
             )
         if isinstance(e, RunInterrupted):
+            if multirun:  # the report lists this job as interrupted (no job-end callback now)
+                from nst.report import build_report
+
+                with contextlib.suppress(Exception):
+                    build_report(hc.sweep.dir)
             sys.exit(128 + e.signum)  # a signal stops the whole sweep, not just this job
         if multirun:
             # Recorded in error.json: the other jobs run, the sweep ends non-zero.

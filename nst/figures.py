@@ -181,13 +181,3 @@ def build_figure(sweep_dir: str | Path, figure: Mapping[str, Any]) -> dict[str, 
     }
     atomic_write_json(sweep_dir / "figure.json", record)
     return record
-
-
-def figure_config(sweep_dir: str | Path) -> dict[str, Any] | None:
-    """The ``figure`` settings stored by Hydra in the sweep's jobs (None if the sweep has none)."""
-    from omegaconf import OmegaConf
-
-    for cfg_path in sorted(Path(sweep_dir).glob("*/.hydra/config.yaml")):
-        fig = OmegaConf.to_container(OmegaConf.load(cfg_path)).get("figure") or {}
-        return fig if fig.get("name") else None
-    return None

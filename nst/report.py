@@ -3,19 +3,23 @@
 Written at the end of every ``nst -m`` (a Hydra callback) and on demand with
 ``nst-report SWEEP_DIR``. A job is any subdirectory holding ``.hydra/overrides.yaml``; its status
 comes from ``summary.json`` (finished), ``error.json`` (failed, with the message) or neither
-(did not finish). Swept keys are the override keys whose values differ between jobs: the first
-two become the contact sheet's rows and columns, further ones facet it.
+(did not finish); a job whose files cannot be read is shown as ``damaged`` (with the file and why)
+and the rest of the report is made as usual. Swept keys are the override keys whose values differ
+between jobs: the first two become the contact sheet's rows and columns, further ones facet it.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
 import html
 import io
 import math
+import re
 import shlex
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,20 +27,29 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nst.figures import build_figure, figure_config
-from nst.files import atomic_write_bytes
+from nst.errors import NstError, one_line
+from nst.figures import build_figure
+from nst.files import WriteError, atomic_write_bytes
 from nst.sweeps import (  # noqa: F401 - find_jobs, swept_keys, format_value: the report's API
     AB,
+    DAMAGED,
+    HYDRA_CONFIG,
     THUMB,
     Job,
+    Unreadable,
     find_jobs,
     format_value,
     load_font,
+    load_yaml,
     sort_values,
     swept_keys,
     thumbnail,
     wrap_text,
 )
+
+
+class SweepDirError(NstError, FileNotFoundError):
+    """``SWEEP_DIR`` is missing, not a directory, unreadable or holds no jobs (one line)."""
 
 
 def grid_layout(jobs: list[Job], keys: list[str]) -> dict[str, Any]:
@@ -179,7 +192,9 @@ def svg_tradeoff(jobs: list[Job], keys: list[str], width: int = 560, height: int
     pts = [
         (j, float(j.final["eval/content"]), float(j.final["eval/style"]))
         for j in jobs
-        if j.status == "ok" and "eval/content" in j.final and "eval/style" in j.final
+        if j.status == "ok"
+        and _positive(j.final.get("eval/content"))
+        and _positive(j.final.get("eval/style"))
     ]
     pts = [(j, x, y) for j, x, y in pts if x > 0 and y > 0]
     if not pts:
@@ -244,20 +259,26 @@ def svg_tradeoff(jobs: list[Job], keys: list[str], width: int = 560, height: int
 CURVES = {"total": "#222", "content": "#1f77b4", "style": "#d62728"}
 
 
+def _finite(v: Any) -> bool:
+    """A number the curves can place (a damaged metrics.jsonl may hold anything: strings, NaN,
+    Infinity, integers too large for a float)."""
+    return isinstance(v, int | float) and -1e300 < v < 1e300
+
+
+def _positive(v: Any) -> bool:
+    """A loss the log-scale curves can show."""
+    return _finite(v) and v > 0
+
+
 def _svg_curves(job: Job, width: int = 300, height: int = 120) -> str:
     """The job's losses against steps, log scale: decade ticks on the y axis, the first and last
     step on the x axis, one colour per loss (the legend is above the table)."""
-    rows = [r for r in job.metrics() if isinstance(r.get("total"), int | float) and r["total"] > 0]
+    rows = [r for r in job.metrics() if _positive(r.get("total")) and _finite(r.get("step"))]
     if len(rows) < 2:
         return "<em>no curve</em>"
     left, bottom, top, right = 34, 16, 4, 6
     steps = np.array([r["step"] for r in rows], float)
-    vals_all = [
-        np.log10(max(r[k], 1e-30))
-        for r in rows
-        for k in CURVES
-        if isinstance(r.get(k), int | float) and r[k] > 0
-    ]
+    vals_all = [np.log10(max(r[k], 1e-30)) for r in rows for k in CURVES if _positive(r.get(k))]
     lo, hi = min(vals_all), max(vals_all)
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
@@ -285,11 +306,7 @@ def _svg_curves(job: Job, width: int = 300, height: int = 120) -> str:
             f"{int(s_)}</text>"
         )
     for k, color in CURVES.items():
-        pts = [
-            (s_, r[k])
-            for s_, r in zip(steps, rows, strict=True)
-            if isinstance(r.get(k), int | float) and r[k] > 0
-        ]
+        pts = [(s_, r[k]) for s_, r in zip(steps, rows, strict=True) if _positive(r.get(k))]
         if len(pts) < 2:
             continue
         xy = " ".join(f"{px(s_):.1f},{py(np.log10(v)):.1f}" for s_, v in pts)
@@ -316,9 +333,9 @@ def _inputs_section(sweep_dir: Path, jobs: list[Job], keys: list[str]) -> str:
     cfg, s = done.summary["config"], done.summary
     thumbs = []
     for what in ("content", "style"):
-        paths = s.get(what, {}).get("path")
+        paths = s[what].get("path") if isinstance(s.get(what), dict) else None
         for path in paths if isinstance(paths, list) else [paths]:
-            if path and Path(path).is_file():
+            if isinstance(path, str) and path and Path(path).is_file():
                 try:
                     im = Image.open(path).convert("RGB")
                     im.thumbnail((160, 160))
@@ -402,6 +419,8 @@ def html_report(sweep_dir: Path, jobs: list[Job], keys: list[str], sheet: Image.
         cells += [image, _svg_curves(j)]
         body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     n_bad = sum(j.status != "ok" for j in jobs)
+    n_damaged = sum(j.status == DAMAGED for j in jobs)
+    damaged = f" ({n_damaged} of them damaged: files unreadable)" if n_damaged else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>nst sweep {html.escape(sweep_dir.name)}</title>
 <style>
@@ -411,7 +430,7 @@ th {{ background: #f3f3f3; }} tr.bad td {{ background: #fdecea; }} small {{ colo
 .wb {{ color: #555; font-size: smaller; }}
 </style></head><body>
 <h1>nst sweep: {html.escape(str(sweep_dir))}</h1>
-<p>{len(jobs)} jobs, {len(jobs) - n_bad} finished, {n_bad} failed or unfinished. Swept: {html.escape(", ".join(keys) or "nothing")}.</p>
+<p>{len(jobs)} jobs, {len(jobs) - n_bad} finished, {n_bad} failed or unfinished{damaged}. Swept: {html.escape(", ".join(keys) or "nothing")}.</p>
 {_inputs_section(sweep_dir, jobs, keys)}
 <h2>Contact sheet</h2>
 <img src="{_data_uri(sheet)}" style="max-width:100%">
@@ -439,7 +458,11 @@ def _wandb_link(job: Job) -> str:
     arg = shlex.quote(str(path))
     # A resumed offline run has one directory per start: upload them all (the * unquoted).
     run_id = rec.get("id")
-    if run_id and len(list((job.dir / "wandb").glob(f"offline-run-*-{run_id}"))) > 1:
+    if (
+        isinstance(run_id, str)
+        and re.fullmatch(r"[A-Za-z0-9_-]+", run_id)  # W&B's ids; anything else is no pattern
+        and len(list((job.dir / "wandb").glob(f"offline-run-*-{run_id}"))) > 1
+    ):
         stem = shlex.quote(str(Path(job.dir.name) / "wandb" / "offline-run-"))
         arg = f"{stem}*{shlex.quote(f'-{run_id}')}"
     return (
@@ -462,14 +485,62 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, int | float) else str(v)
 
 
-def build_report(sweep_dir: str | Path) -> dict[str, Any]:
-    """Write ``contact_sheet.png``, ``report.html`` and ``summary.csv`` into ``sweep_dir``."""
-    sweep_dir = Path(sweep_dir)
-    jobs = find_jobs(sweep_dir)
+def _run_dir_hint(d: Path) -> str:
+    """Why ``d`` holds no jobs when it is a single run's directory (or one job's of a sweep)."""
+    held = next((n for n in ("summary.json", "result.png", "error.json") if (d / n).exists()), None)
+    if held is None:
+        return ""
+    if (d / ".hydra" / "overrides.yaml").exists() and (d.parent / "multirun.yaml").exists():
+        return f"; it is one job of the sweep {d.parent}: nst-report {shlex.quote(str(d.parent))}"
+    return (
+        f"; it is a run directory (it holds {held} itself), not a sweep directory "
+        "(the one nst -m writes, with a subdirectory per job)"
+    )
+
+
+def _read_sweep(sweep_dir: Path) -> list[Job]:
+    """The sweep's jobs, or a one-line :class:`SweepDirError`."""
+    try:
+        is_dir = stat.S_ISDIR(sweep_dir.stat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        raise SweepDirError(f"no such directory: {sweep_dir}") from None
+    except OSError as e:
+        raise SweepDirError(f"cannot read {sweep_dir}: {e.strerror or one_line(e)}") from None
+    if not is_dir:
+        raise SweepDirError(f"not a directory: {sweep_dir}")
+    try:
+        jobs = find_jobs(sweep_dir)
+    except OSError as e:
+        raise SweepDirError(f"cannot read {sweep_dir}: {e.strerror or one_line(e)}") from None
     if not jobs:
-        raise FileNotFoundError(
+        raise SweepDirError(
             f"{sweep_dir}: no job directories (with .hydra/overrides.yaml) found"
+            + _run_dir_hint(sweep_dir)
         )
+    return jobs
+
+
+def _figure_config(sweep_dir: Path) -> dict[str, Any] | None:
+    """The ``figure`` settings Hydra stored with the sweep's jobs (None if it has none), from the
+    first job whose ``.hydra/config.yaml`` can be read: a damaged one is skipped."""
+    for cfg_path in sorted(sweep_dir.glob(f"*/{HYDRA_CONFIG}")):
+        try:
+            cfg = load_yaml(cfg_path)
+        except (OSError, Unreadable):
+            continue
+        fig = cfg.get("figure") or {}
+        return fig if isinstance(fig, dict) and fig.get("name") else None
+    return None
+
+
+def build_report(sweep_dir: str | Path) -> dict[str, Any]:
+    """Write ``contact_sheet.png``, ``report.html`` and ``summary.csv`` into ``sweep_dir``.
+
+    Damaged jobs (unreadable files) are shown with status ``damaged`` and counted in
+    ``failed``. A one-line :class:`~nst.errors.NstError` when there is nothing to report
+    (:class:`SweepDirError`) or a file cannot be written (:class:`~nst.files.WriteError`)."""
+    sweep_dir = Path(sweep_dir)
+    jobs = _read_sweep(sweep_dir)
     keys = swept_keys(jobs)
     sheet = contact_sheet(jobs, keys)
     buf = io.BytesIO()
@@ -491,12 +562,13 @@ def build_report(sweep_dir: str | Path) -> dict[str, Any]:
     info = {
         "jobs": len(jobs),
         "failed": [j.dir.name for j in failed],
+        "damaged": [j.dir.name for j in failed if j.status == DAMAGED],
         "keys": keys,
         "contact_sheet": str(sweep_dir / "contact_sheet.png"),
         "figure": None,
     }
 
-    fig = figure_config(sweep_dir)
+    fig = _figure_config(sweep_dir)
     if fig is not None:
         build_figure(sweep_dir, fig)
         info["figure"] = str(sweep_dir / "figure.png")
@@ -504,17 +576,29 @@ def build_report(sweep_dir: str | Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``nst-report SWEEP_DIR``: (re)build the report of a sweep directory."""
+    """``nst-report SWEEP_DIR``: (re)build the report of a sweep directory. Exit 0 once the report
+    is written, whatever its jobs' states (failed, unfinished and damaged ones are listed in one
+    line on stderr); 2 with one line ``nst-report: error: ...`` when it cannot be."""
     p = argparse.ArgumentParser(
         prog="nst-report",
         description="Build the contact sheet, HTML report and CSV of an nst sweep.",
     )
-    p.add_argument("sweep_dir", type=Path)
+    p.add_argument(
+        "sweep_dir",
+        type=Path,
+        metavar="SWEEP_DIR",
+        help=(
+            "the directory an nst -m sweep wrote (its hydra.sweep.dir: "
+            "outputs/multirun/DATE/TIME unless set), holding one subdirectory per job; "
+            "required. contact_sheet.png, report.html and summary.csv (and tradeoff.svg, "
+            "figure.png where they apply) are written into it, replacing earlier ones"
+        ),
+    )
     a = p.parse_args(argv)
     try:
         info = build_report(a.sweep_dir)
-    except (FileNotFoundError, NotADirectoryError) as e:
-        print(f"nst-report: error: {e}", file=sys.stderr)
+    except NstError as e:
+        print(f"nst-report: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(
         f"nst-report: {info['jobs']} jobs, swept {', '.join(info['keys']) or 'nothing'}; "
@@ -522,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         + (", figure.png" if info["figure"] else "")
     )
     if info["failed"]:
-        print(f"nst-report: failed or unfinished: {', '.join(info['failed'])}", file=sys.stderr)
+        names = [f"{n} (damaged)" if n in info["damaged"] else n for n in info["failed"]]
+        print(f"nst-report: failed or unfinished: {', '.join(names)}", file=sys.stderr)
     return 0
 
 
@@ -538,38 +623,55 @@ except ImportError:  # pragma: no cover - hydra is a dependency
 
 class ReportCallback(Callback):
     """Hydra callback (nst/conf/config.yaml): rebuild the sweep report after every job, so it is
-    current even when a later job fails or the sweep is interrupted, and once more at the end."""
+    current even when a later job fails or the sweep is interrupted, and once more at the end.
+
+    At the end, failed (or damaged) jobs are listed and the sweep exits 1; a report that cannot be
+    written (an unwritable sweep directory, a full disk) ends it with one line ``nst: error: ...``
+    and exit 2; any other report problem is a warning line. After a job, a report problem is left
+    for the end to say."""
 
     def on_job_end(self, config, job_return=None, **kwargs) -> None:
         from hydra.types import RunMode
 
         hc = config.hydra
         if hc.mode == RunMode.MULTIRUN:
-            self._build(hc.sweep.dir, quiet=True)
+            with contextlib.suppress(Exception):  # said once, by on_multirun_end
+                build_report(hc.sweep.dir)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        info = self._build(config.hydra.sweep.dir, quiet=False)
-        if info and info["failed"]:
-            jobs = {j.dir.name: j for j in find_jobs(config.hydra.sweep.dir)}
-            print(f"nst: {len(info['failed'])} of {info['jobs']} jobs failed:", file=sys.stderr)
-            for name in info["failed"]:
-                j = jobs[name]
-                print(f"  {name}: {j.status}: {j.error}", file=sys.stderr)
+        sweep_dir = config.hydra.sweep.dir
+        problem = self._build(sweep_dir)
+        try:
+            jobs = find_jobs(sweep_dir)
+        except OSError:
+            jobs = []
+        failed = [j for j in jobs if j.status != "ok"]
+        if failed:
+            print(f"nst: {len(failed)} of {len(jobs)} jobs failed:", file=sys.stderr)
+            for j in failed:
+                print(f"  {j.dir.name}: {j.status}: {j.error}", file=sys.stderr)
+        if problem:
+            print(f"nst: error: sweep report not written: {problem}", file=sys.stderr)
+            raise SystemExit(2)
+        if failed:
             raise SystemExit(1)  # after every job ran and the report is written
 
     @staticmethod
-    def _build(sweep_dir: str, quiet: bool) -> dict[str, Any] | None:
+    def _build(sweep_dir: str) -> str | None:
+        """Build the report and say where it is; the problem, in one line, if it cannot be."""
         try:
             info = build_report(sweep_dir)
-        except Exception as e:  # noqa: BLE001 - a report problem must not fail the sweep
+        except WriteError as e:  # the user's to fix: the sweep's outputs are not all there
+            return one_line(e)
+        except Exception as e:  # noqa: BLE001 - no jobs recorded, a bug: not the sweep's failure
             print(
-                f"nst: warning: sweep report not written ({type(e).__name__}: {e})", file=sys.stderr
+                f"nst: warning: sweep report not written ({type(e).__name__}: {one_line(e)})",
+                file=sys.stderr,
             )
             return None
-        if not quiet:
-            extra = f", {info['figure']}" if info["figure"] else ""
-            print(
-                f"nst: sweep report: {info['contact_sheet']}, {sweep_dir}/report.html, "
-                f"{sweep_dir}/summary.csv{extra}"
-            )
-        return info
+        extra = f", {info['figure']}" if info["figure"] else ""
+        print(
+            f"nst: sweep report: {info['contact_sheet']}, {sweep_dir}/report.html, "
+            f"{sweep_dir}/summary.csv{extra}"
+        )
+        return None

@@ -306,7 +306,7 @@ def test_missing_paper_images_say_how_to_fetch(tmp_path):
         "progress=false",
     )
     assert p.returncode != 0
-    assert "fetch_paper_images.py" in p.stderr and "tubingen.jpg" in p.stderr
+    assert "python -m nst.paper_images" in p.stderr and "tubingen.jpg" in p.stderr
     assert not list(out.glob("*/result.png"))
 
 

@@ -493,6 +493,318 @@ def test_console_script(tmp_path):
     assert p.returncode == 2 and "nst-report: error:" in p.stderr
 
 
+# --- damaged jobs, bad sweep directories -------------------------------------------------------
+
+
+def _truncate(path: Path, keep: int = 40) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def _as_dir(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+# (what job 1 is, how its files are damaged, the start of its error in summary.csv)
+DAMAGE = {
+    "summary_truncated": (
+        "ok",
+        lambda d: (d / "summary.json").write_text('{"status": "o'),
+        "summary.json unreadable (Unterminated string starting at: line 1 column 12",
+    ),
+    "summary_null": (
+        "ok",
+        lambda d: (d / "summary.json").write_text("null"),
+        "summary.json unreadable (not a JSON object but null)",
+    ),
+    "summary_list": (
+        "ok",
+        lambda d: (d / "summary.json").write_text("[]"),
+        "summary.json unreadable (not a JSON object but a list)",
+    ),
+    "summary_string": (
+        "ok",
+        lambda d: (d / "summary.json").write_text('"x"'),
+        "summary.json unreadable (not a JSON object but a string)",
+    ),
+    "summary_status_int": (
+        "ok",
+        lambda d: (d / "summary.json").write_text('{"status": 5}'),
+        'summary.json unreadable ("status" is a number, not a string)',
+    ),
+    "summary_final_string": (
+        "ok",
+        lambda d: (d / "summary.json").write_text('{"status": "ok", "final": {"total": "x"}}'),
+        'summary.json unreadable ("final" holds a string for "total", not a number)',
+    ),
+    "summary_wall_s_string": (
+        "ok",
+        lambda d: (d / "summary.json").write_text('{"wall_s": "1 s"}'),
+        'summary.json unreadable ("wall_s" is a string, not a number)',
+    ),
+    "summary_not_utf8": (
+        "ok",
+        lambda d: (d / "summary.json").write_bytes(b"\xff\xfe{}"),
+        "summary.json unreadable (not UTF-8 text)",
+    ),
+    "summary_is_a_directory": (
+        "ok",
+        lambda d: _as_dir(d / "summary.json"),
+        "summary.json unreadable (Is a directory)",
+    ),
+    "error_truncated": (
+        "failed",
+        lambda d: (d / "error.json").write_text('{"error": "bo'),
+        "error.json unreadable (Unterminated string",
+    ),
+    "error_list": (
+        "failed",
+        lambda d: (d / "error.json").write_text("[1]"),
+        "error.json unreadable (not a JSON object but a list)",
+    ),
+    "error_message_object": (
+        "failed",
+        lambda d: (d / "error.json").write_text('{"error": {"a": 1}}'),
+        'error.json unreadable ("error" is an object, not a string)',
+    ),
+    "overrides_truncated": (
+        "ok",
+        lambda d: (d / ".hydra" / "overrides.yaml").write_text('["loss.beta=1000", "la'),
+        ".hydra/overrides.yaml unreadable (found unexpected end of stream at line 1, column 23)",
+    ),
+    "overrides_mapping": (
+        "ok",
+        lambda d: (d / ".hydra" / "overrides.yaml").write_text("loss.beta: 1000\n"),
+        ".hydra/overrides.yaml unreadable (not a list of key=value overrides)",
+    ),
+    "config_truncated": (  # a failed job's α/β comes from it: the job's own error follows
+        "failed",
+        lambda d: (d / ".hydra" / "config.yaml").write_text("loss: {alpha: ["),
+        ".hydra/config.yaml unreadable (expected the node content, but found '<stream end>' at "
+        "line 1, column 16); failed: boom",
+    ),
+    "result_truncated": (
+        "ok",
+        lambda d: _truncate(d / "result.png"),
+        "result.png unreadable (not an image)",
+    ),
+    "result_cut_in_the_image_data": (
+        "ok",
+        lambda d: _truncate(d / "result.png", keep=60),
+        "result.png unreadable (Truncated File Read)",
+    ),
+    "result_is_a_directory": (
+        "ok",
+        lambda d: _as_dir(d / "result.png"),
+        "result.png unreadable (Is a directory)",
+    ),
+    "result_missing": ("ok", lambda d: (d / "result.png").unlink(), "result.png missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_job_is_shown_and_the_report_made(tmp_path, capsys, case):
+    """A job whose files are truncated, of the wrong kind or wrongly typed: status "damaged" and
+    why in the sheet, summary.csv and report.html; the other jobs as usual; exit 0 as for a failed
+    job, the job listed in the one stderr line."""
+    status, damage, error = DAMAGE[case]
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, {"loss.beta": "100"})
+    bad = make_job(sweep, 1, {"loss.beta": "1000"}, status=status)
+    make_job(sweep, 2, {"loss.beta": "1e4"})
+    damage(bad)
+
+    assert report.main([str(sweep)]) == 0
+    out = capsys.readouterr()
+    assert out.err == f"nst-report: failed or unfinished: {bad.name} (damaged)\n"
+    assert "Traceback" not in out.out and "3 jobs, swept loss.beta" in out.out
+
+    rows = read_csv(sweep / "summary.csv")
+    assert [r["status"] for r in rows] == ["ok", "damaged", "ok"]
+    assert rows[1]["error"].startswith(error), rows[1]["error"]
+    assert [r["loss.beta"] for r in rows] == [
+        "100",
+        "" if case.startswith("overrides") else "1000",
+        "1e4",
+    ]
+    if case.startswith("summary"):  # nothing from a damaged summary
+        assert rows[1]["final_total"] == rows[1]["wall_s"] == ""
+    assert float(rows[2]["final_total"]) == 12.0  # the others as usual
+
+    page = (sweep / "report.html").read_text(encoding="utf-8")
+    assert page.count('<tr class="bad">') == 1
+    assert "3 jobs, 2 finished, 1 failed or unfinished (1 of them damaged" in page
+    assert html_escape(error) in page
+
+    jobs, keys = find_jobs(sweep), ["loss.beta"]
+    assert [j.status for j in jobs] == ["ok", "damaged", "ok"]
+    lay = report.grid_layout(jobs, keys)
+    sheet = Image.open(sweep / "contact_sheet.png").convert("RGB")
+    ((_, cells),) = lay["facets"].items()
+    for (rv, cv), job in cells.items():
+        r, c = lay["rows"].index(rv), lay["cols"].index(cv)
+        x0, y0 = cell_origin(lay, keys, r, c, thumb=THUMB)
+        edge = sheet.getpixel((x0 + 1, y0 + THUMB // 2))
+        if job.num == 1:  # a red-framed tile with the status word
+            assert close(edge, RED, tol=10), edge
+        else:
+            assert close(sheet.getpixel(cell_centre(lay, keys, r, c, thumb=THUMB)), colour(job.num))
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def test_damaged_overrides_do_not_make_constant_keys_swept(tmp_path):
+    """A job whose overrides are unreadable has none; the swept keys come from the others."""
+    for n, beta in enumerate(("100", "1000", "1e4")):
+        make_job(tmp_path, n, {"loss.beta": beta, "size": "64"})
+    bad = next(tmp_path.glob("1_*"))
+    (bad / ".hydra" / "overrides.yaml").write_text("[")
+    jobs = find_jobs(tmp_path)
+    assert jobs[1].overrides == {} and jobs[1].damaged == (".hydra/overrides.yaml",)
+    assert swept_keys(jobs) == ["loss.beta"]  # not size, constant wherever it can be read
+
+
+def test_garbage_in_other_job_files_is_skipped(tmp_path):
+    """metrics.jsonl lines that are not JSON objects (or lack a step), a wandb_run.json with a
+    strange id, a .hydra/config.yaml of a job whose summary has the config: the report is made,
+    the job stays ok."""
+    d = make_job(tmp_path, 0, {"loss.beta": "100"})
+    make_job(tmp_path, 1, {"loss.beta": "1000"})
+    rows = [{"step": s, "total": 10.0 / (s + 1), "content": 1.0, "style": 2.0} for s in (0, 5)]
+    garbage = ["garbage", "[1, 2]", "null", '"x"', '{"step": "a", "total": 3}', '{"total": 3}']
+    garbage += ['{"step": 1, "total": Infinity}', f'{{"step": 1{"0" * 400}, "total": 1}}']
+    (d / "metrics.jsonl").write_text("\n".join([*garbage, *map(json.dumps, rows), "{"]) + "\n")
+    (d / "wandb_run.json").write_text(json.dumps({"id": "a**[b", "sync_dir": "wandb/x"}))
+    (d / ".hydra" / "config.yaml").write_text("loss: {alpha: [")  # not needed: not read
+    summary = json.loads((d / "summary.json").read_text())
+    summary["final"] |= {"eval/content": float("inf"), "eval/style": 1.0}  # not plottable
+    (d / "summary.json").write_text(json.dumps(summary))
+    info = build_report(tmp_path)
+    assert info["failed"] == []
+    job = find_jobs(tmp_path)[0]
+    assert len(job.metrics()) == 6 and job.status == "ok"  # JSON objects; four unplottable
+    assert job.alpha_beta() == pytest.approx(0.01)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.count("<svg") == 2 and "wandb sync 0_loss.beta=100/wandb/x" in page
+    (d / "metrics.jsonl").unlink()
+    (d / "metrics.jsonl").mkdir()  # an unreadable file: no curve
+    assert find_jobs(tmp_path)[0].metrics() == []
+
+
+def test_figure_settings_skip_a_damaged_config(tmp_path):
+    """The paper figure's settings come from the first .hydra/config.yaml that can be read."""
+    for n in range(3):
+        make_job(tmp_path, n, {"loss.beta": str(10**n)})
+    dirs = sorted(tmp_path.iterdir())
+    (dirs[0] / ".hydra" / "config.yaml").write_text("figure: {name: [")
+    (dirs[1] / ".hydra" / "config.yaml").write_text("figure: {name: fig3, cols: loss.beta}\n")
+    assert report._figure_config(tmp_path) == {"name": "fig3", "cols": "loss.beta"}
+    (dirs[1] / ".hydra" / "config.yaml").write_text("figure: null\n")
+    assert report._figure_config(tmp_path) is None
+
+
+def test_unwritable_sweep_dir_is_one_line(tmp_path, capsys, monkeypatch):
+    """A report that cannot be written ends with one line naming the file, exit 2."""
+    import errno
+    import tempfile
+
+    sweep = tmp_path / "sweep"
+    grid_sweep(sweep, [("loss.beta", ["100", "1000"])])
+    (sweep / "summary.csv").mkdir()
+    assert report.main([str(sweep)]) == 2
+    out = capsys.readouterr()
+    assert out.err == f"nst-report: error: cannot write {sweep}/summary.csv: Is a directory\n"
+    (sweep / "summary.csv").rmdir()
+    for name in ("contact_sheet.png", "report.html"):
+        (sweep / name).unlink()
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # how a read-only mount answers
+    assert report.main([str(sweep)]) == 2
+    out = capsys.readouterr()
+    assert out.err == (
+        f"nst-report: error: cannot write {sweep}/contact_sheet.png: Read-only file system; "
+        "choose a writable directory\n"
+    )
+    assert out.out == ""
+    assert not [p for p in sweep.iterdir() if p.is_file()]
+
+
+def test_sweep_dir_problems_are_one_line(tmp_path, capsys):
+    """A missing path, a file, a run directory and one job's directory: one line each, exit 2."""
+    missing = tmp_path / "missing"
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    run = tmp_path / "run"  # what `nst` (no -m) writes
+    run.mkdir()
+    (run / "summary.json").write_text("{}")
+    Image.new("RGB", (4, 4)).save(run / "result.png")
+    sweep = tmp_path / "sweep"
+    job = make_job(sweep, 0, {"loss.beta": "100"})
+    (sweep / "multirun.yaml").write_text("{}\n")
+    expected = {
+        missing: f"no such directory: {missing}",
+        afile: f"not a directory: {afile}",
+        tmp_path / "file.txt" / "x": f"no such directory: {afile}/x",
+        run: f"{run}: no job directories (with .hydra/overrides.yaml) found; it is a run "
+        "directory (it holds summary.json itself), not a sweep directory (the one nst -m "
+        "writes, with a subdirectory per job)",
+        job: f"{job}: no job directories (with .hydra/overrides.yaml) found; it is one job of "
+        f"the sweep {sweep}: nst-report {sweep}",
+    }
+    for path, line in expected.items():
+        assert report.main([str(path)]) == 2
+        out = capsys.readouterr()
+        assert out.err == f"nst-report: error: {line}\n" and out.out == ""
+    assert not (run / "summary.csv").exists()
+
+
+def test_help_describes_sweep_dir(capsys):
+    with pytest.raises(SystemExit) as e:
+        report.main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "nst-report [-h] SWEEP_DIR" in text
+    assert "SWEEP_DIR the directory an nst -m sweep wrote (its hydra.sweep.dir:" in text
+    assert "outputs/multirun/DATE/TIME unless set), holding one subdirectory per job" in text
+    assert "contact_sheet.png, report.html and summary.csv" in text and "written into it" in text
+
+
+def test_escaped_override_values_are_shown_unescaped(tmp_path):
+    """Hydra's escapes in sweep overrides (content=sample\\:chelsea,sample\\:coffee) are not part
+    of the value: summary.csv, the HTML and the labels show sample:chelsea."""
+    make_job(tmp_path, 0, {"content": "sample\\:chelsea", "loss.beta": "100"})
+    make_job(tmp_path, 1, {"content": "sample\\:coffee", "loss.beta": "100"})
+    make_job(tmp_path, 2, {"content": "'a\\:b'", "loss.beta": "100"})  # quoted: as written
+    build_report(tmp_path)
+    rows = read_csv(tmp_path / "summary.csv")
+    assert [r["content"] for r in rows] == ["sample:chelsea", "sample:coffee", "'a\\:b'"]
+    assert rows[0]["overrides"] == "content=sample:chelsea,loss.beta=100"
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<td>sample:chelsea</td>" in page and "<td>sample\\:" not in page
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("sample\\:chelsea", "sample:chelsea"),
+        ("a\\,b\\=c\\ d\\(e\\)\\[f\\]\\{g\\}", "a,b=c d(e)[f]{g}"),
+        ("C:\\\\dir\\x", "C:\\dir\\x"),  # an escaped backslash; other backslashes stay
+        ("'sample\\:chelsea'", "'sample\\:chelsea'"),
+    ],
+)
+def test_unescape(raw, value):
+    from nst.sweeps import unescape
+
+    assert unescape(raw) == value
+
+
 def _chromium() -> str | None:
     import shutil
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -269,6 +270,8 @@ def test_sigterm_stops_the_whole_sweep(tmp_path, write_png):
     assert proc.returncode == 143 and "interrupted at step" in err
     assert not list(sweep.glob("1_*"))  # the second job never started
     assert json.loads(next(sweep.glob("0_*/summary.json")).read_text())["status"] == "interrupted"
+    rows = _csv(sweep / "summary.csv")  # the report, written as the sweep stopped
+    assert [r["status"] for r in rows] == ["interrupted"]
 
 
 @pytest.mark.slow  # an end-to-end CLI case: CI's slow step runs it
@@ -334,3 +337,69 @@ def test_optuna_sweep_optimizes_the_returned_metric(tmp_path):
     ]
     assert len(totals) + len(failed) == 4 and best["best_value"] == pytest.approx(min(totals))
     assert failed, "the seeded sampler drew init.scale=-1.0 in no trial: pick another seed"
+
+
+def _hydra_cfg(sweep: Path):
+    """What the report callback reads of the config Hydra hands it."""
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(sweep)}}})
+
+
+def test_report_callback_unwritable_report_ends_the_sweep_with_one_line(tmp_path, capsys):
+    """The report written by `nst -m` (nst.report.ReportCallback, on fabricated jobs): written
+    after each job and at the end; a failed or damaged job lists the failures and exits 1; a
+    report that cannot be written is one line `nst: error: ...` at the end, exit 2 (after the
+    failures, if any), and nothing after each job."""
+    from nst.report import ReportCallback
+    from tests.test_report import make_job
+
+    cb = ReportCallback()
+    (tmp_path / "empty").mkdir()  # jobs that record no .hydra/: a warning, the sweep's exit stays
+    cb.on_multirun_end(_hydra_cfg(tmp_path / "empty"))
+    assert capsys.readouterr().err == (
+        f"nst: warning: sweep report not written (SweepDirError: {tmp_path}/empty: no job "
+        "directories (with .hydra/overrides.yaml) found)\n"
+    )
+
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, {"loss.beta": "100"})
+    cfg = _hydra_cfg(sweep)
+    cb.on_job_end(cfg)
+    cb.on_multirun_end(cfg)  # all finished: no exit
+    out = capsys.readouterr()
+    assert out.err == "" and out.out.startswith(f"nst: sweep report: {sweep}/contact_sheet.png")
+    assert _csv(sweep / "summary.csv")[0]["status"] == "ok"
+
+    bad = make_job(sweep, 1, {"loss.beta": "1000"})
+    (bad / "summary.json").write_text("null")
+    with pytest.raises(SystemExit) as e:
+        cb.on_multirun_end(cfg)
+    assert e.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "nst: 1 of 2 jobs failed:",
+        f"  {bad.name}: damaged: summary.json unreadable (not a JSON object but null)",
+    ]
+    assert [r["status"] for r in _csv(sweep / "summary.csv")] == ["ok", "damaged"]
+
+    (sweep / "summary.csv").unlink()
+    (sweep / "summary.csv").mkdir()  # the report cannot be written
+    cb.on_job_end(cfg)  # said once, at the end
+    assert capsys.readouterr() == ("", "")
+    with pytest.raises(SystemExit) as e:
+        cb.on_multirun_end(cfg)
+    assert e.value.code == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.splitlines() == [
+        "nst: 1 of 2 jobs failed:",
+        f"  {bad.name}: damaged: summary.json unreadable (not a JSON object but null)",
+        f"nst: error: sweep report not written: cannot write {sweep}/summary.csv: Is a directory",
+    ]
+    shutil.rmtree(bad)
+    with pytest.raises(SystemExit) as e:
+        cb.on_multirun_end(cfg)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        f"nst: error: sweep report not written: cannot write {sweep}/summary.csv: Is a directory\n"
+    )
