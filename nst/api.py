@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nst.errors import ConfigError, ImageError, one_line
+from nst.errors import ConfigError, ImageError, first_line, one_line
 
 __all__ = ["Result", "load_config", "stylize"]
 
@@ -77,7 +77,7 @@ def _merge(cfg: DictConfig, values: Mapping[str, Any]) -> DictConfig:
             else:
                 cfg = OmegaConf.merge(cfg, {key: value})
     except OmegaConfBaseException as e:
-        line = one_line(str(e).split("\n")[0])
+        line = first_line(e)
         key = getattr(e, "full_key", None)
         raise ConfigError(f"{key}: {line}" if key and key not in line else line) from None
     return cfg
@@ -123,7 +123,7 @@ def _hydra_message(e: BaseException) -> str:
     msg = parts[0] if parts else type(e).__name__
     for part in parts[1:]:
         msg += (" " if msg.endswith((".", ":")) else "; ") + part
-    cause = one_line(str(e.__cause__).split("\n")[0]) if e.__cause__ is not None else ""
+    cause = first_line(e.__cause__) if e.__cause__ is not None else ""
     if cause and cause not in msg:
         msg += f" ({cause})"
     return one_line(msg)
@@ -305,11 +305,34 @@ def _as_config(config: Any) -> DictConfig:
             else config
         )
     except OmegaConfBaseException as e:
-        raise ConfigError(f"config: {one_line(str(e).splitlines()[0])}") from None
+        raise ConfigError(f"config: {first_line(e)}") from None
     bad = [k for k in data if not isinstance(k, str)]
     if bad:
         raise ConfigError(f"config keys must be strings, got {bad[0]!r}")
-    return load_config(**data)
+    # Group choices and plain values as keyword arguments; sections key by key, so that a map
+    # given whole (layers.style_layers, logger) replaces the default's instead of merging with
+    # it: a Result.config then comes back as the same run.
+    cfg = load_config(**{k: v for k, v in data.items() if not isinstance(v, Mapping)})
+    try:
+        for key, value in data.items():
+            if isinstance(value, Mapping):
+                _assign(cfg, key, _plain(value))
+    except OmegaConfBaseException as e:
+        line = first_line(e)
+        raise ConfigError(f"config: {line}") from None
+    return cfg
+
+
+def _assign(cfg: DictConfig, path: str, value: Any) -> None:
+    """Set ``path`` in ``cfg`` to ``value``: a config section (a schema dataclass) key by key,
+    anything else (a scalar, a list, a free-form map) whole."""
+    node = OmegaConf.select(cfg, path, throw_on_missing=False)
+    section = isinstance(node, DictConfig) and OmegaConf.get_type(node) not in (dict, None)
+    if isinstance(value, Mapping) and section:
+        for key, v in value.items():
+            _assign(cfg, f"{path}.{key}", v)
+    else:
+        OmegaConf.update(cfg, path, value, merge=False)
 
 
 def _is_spec(v: Any) -> bool:

@@ -263,7 +263,8 @@ def _shaping(overrides: list[str]) -> dict[str, str]:
             if o.is_sweep_override()
             else o.get_value_element_as_str()
             for o in parsed
-            if not is_run_only(o.input_line.split("=", 1)[0])
+            # Hydra's own groups (hydra/launcher=batched) are not in the sweep's record.
+            if not o.is_hydra_override() and not is_run_only(o.input_line.split("=", 1)[0])
         }
     except Exception:  # noqa: BLE001 - Hydra reports unparsable overrides itself
         return None  # type: ignore[return-value]
@@ -279,7 +280,7 @@ def _other_sweep(record: Path, argv: list[str]) -> str | None:
         before = [str(o) for o in OmegaConf.load(record).hydra.overrides.task]
     except Exception:  # noqa: BLE001 - an unreadable record: the job directories decide
         return None
-    old, new = _shaping(before), _shaping([a for a in argv if "=" in a])
+    old, new = _shaping(before), _shaping([a for a in argv if not a.startswith("-")])
     if old is None or new is None or old == new:
         return None
     return ", ".join(

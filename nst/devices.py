@@ -92,18 +92,15 @@ def check_backend() -> None:
     on a machine without it)."""
     import jax
 
-    from nst.errors import NstError, one_line
+    from nst.errors import NstError, first_line
 
     try:
         jax.devices()
     except (RuntimeError, AssertionError, ValueError) as e:
-        text = str(e).strip()
         # JAX 0.10 asserts, with no message, when no listed platform starts (JAX_PLATFORMS=cuda
         # without a visible NVIDIA GPU is skipped, leaving none).
         detail = (
-            one_line(text.splitlines()[0])
-            if text
-            else f"no listed platform started ({type(e).__name__})"
+            first_line(e) if str(e).strip() else f"no listed platform started ({type(e).__name__})"
         )
         asked = os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_PLATFORM_NAME")
         hint = (

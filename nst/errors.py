@@ -40,3 +40,14 @@ def one_line(text: object) -> str:
     exception without a message gives its type's name."""
     line = " ".join(str(text).split())
     return line or (type(text).__name__ if isinstance(text, BaseException) else line)
+
+
+def first_line(text: object, limit: int | None = None) -> str:
+    """The first non-empty line of ``text`` (an exception's message: JAX's and Hydra's run to
+    many lines) as :func:`one_line`, cut to ``limit`` characters; an exception without a message
+    gives its type's name."""
+    lines = [one_line(line) for line in str(text).splitlines()]
+    line = next((x for x in lines if x), "")
+    if not line:
+        line = type(text).__name__ if isinstance(text, BaseException) else ""
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."

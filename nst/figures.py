@@ -46,23 +46,30 @@ def _image_panel(path: str, size: int) -> Image.Image:
 
 
 def _settings(jobs: list[Job]) -> dict[str, Any]:
+    """The shared settings figure.json records, from the first job with a summary; a field of
+    the wrong kind (a damaged or hand-edited summary) is left out, never a traceback."""
     ok = [j for j in jobs if j.summary]
     if not ok:
         return {}
     s = ok[0].summary
-    cfg = s.get("config", {})
+
+    def part(d: Any, key: str) -> dict[str, Any]:
+        v = d.get(key) if isinstance(d, dict) else None
+        return v if isinstance(v, dict) else {}
+
+    cfg = part(s, "config")
     return {
-        "backbone": s.get("backbone", {}).get("arch"),
-        "weights": s.get("backbone", {}).get("source"),
-        "pooling": s.get("backbone", {}).get("pooling"),
+        "backbone": part(s, "backbone").get("arch"),
+        "weights": part(s, "backbone").get("source"),
+        "pooling": part(s, "backbone").get("pooling"),
         "size": cfg.get("size"),
         "steps": cfg.get("steps"),
-        "optimizer": cfg.get("optimizer", {}).get("name"),
-        "init": cfg.get("init", {}).get("name"),
-        "gram_norm": cfg.get("loss", {}).get("gram_norm"),
-        "ab_scale": cfg.get("loss", {}).get("ab_scale"),
-        "content": s.get("content", {}).get("path"),
-        "style": s.get("style", {}).get("path"),
+        "optimizer": part(cfg, "optimizer").get("name"),
+        "init": part(cfg, "init").get("name"),
+        "gram_norm": part(cfg, "loss").get("gram_norm"),
+        "ab_scale": part(cfg, "loss").get("ab_scale"),
+        "content": part(s, "content").get("path"),
+        "style": part(s, "style").get("path"),
     }
 
 

@@ -76,11 +76,18 @@ def probe_writable(path: str | os.PathLike) -> None:
         missing = missing.parent
     created = not path.exists()
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path) as f:
-            f.write(b"x")
-            f.flush()
-            os.fsync(f.fileno())
+        for attempt in range(3):
+            path.mkdir(parents=True, exist_ok=True)
+            try:
+                with tempfile.TemporaryFile(dir=path) as f:
+                    f.write(b"x")
+                    f.flush()
+                    os.fsync(f.fileno())
+                break
+            except FileNotFoundError:
+                # A parallel job's probe removed the directory it had also created: again.
+                if attempt == 2:
+                    raise
     except OSError as e:
         raise write_error(path, e) from None
     finally:

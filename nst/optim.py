@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from nst.errors import ConfigError
+from nst.errors import ConfigError, first_line
 
 BUILTIN = ("adam", "lbfgs", "sgd")
 
@@ -130,6 +130,9 @@ def _check_schedule(spec: OptimizerSpec) -> None:
     lr = learning_rate(spec)
     if not callable(lr):
         return
+    from nst.devices import check_backend
+
+    check_backend()  # evaluating the schedule starts JAX: its own failure is not the config's
     if spec.name == "sgd" and spec.decay_every > 0:
         what = "optimizer.decay_every/decay_rate"
     else:
@@ -138,7 +141,7 @@ def _check_schedule(spec: OptimizerSpec) -> None:
         try:
             rate = float(lr(step))
         except Exception as e:  # noqa: BLE001 - any failure is the config's: one line
-            raise ConfigError(f"{what}: {_first_line(e)}") from None
+            raise ConfigError(f"{what}: {first_line(e, 200)}") from None
         if not (math.isfinite(rate) and rate >= 0):
             raise ConfigError(f"{what}: the learning rate at step {step} is {rate}")
 
@@ -151,6 +154,9 @@ def _check_builds(spec: OptimizerSpec) -> None:
     import jax
     import jax.numpy as jnp
 
+    from nst.devices import check_backend
+
+    check_backend()  # the trial step starts JAX: its own failure is not the config's
     what = f"optimizer.kwargs do not fit optax.{spec.name}"
     try:
         with warnings.catch_warnings():
@@ -162,17 +168,9 @@ def _check_builds(spec: OptimizerSpec) -> None:
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure is the config's: one line
-        raise ConfigError(f"{what}: {_first_line(e)}") from None
+        raise ConfigError(f"{what}: {first_line(e, 200)}") from None
     if not finite:
         raise ConfigError(f"{what}: a first step on a tiny array gives non-finite updates")
-
-
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    """The first non-empty line of ``e``'s message (its type's name if none), at most ``limit``
-    characters: JAX errors run to many lines."""
-    lines = [" ".join(line.split()) for line in str(e).splitlines()]
-    line = next((x for x in lines if x), type(e).__name__)
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _optax_optimizer(name: str) -> Any:
@@ -245,7 +243,7 @@ def learning_rate(spec: OptimizerSpec) -> Any:
         raise
     except Exception as e:  # noqa: BLE001 - bad values (ValueError, TypeError, ...): one line
         raise ConfigError(
-            f"optimizer.schedule_kwargs do not fit {spec.schedule}: {_first_line(e)}"
+            f"optimizer.schedule_kwargs do not fit {spec.schedule}: {first_line(e, 200)}"
         ) from None
 
 

@@ -570,8 +570,16 @@ def build_report(sweep_dir: str | Path) -> dict[str, Any]:
 
     fig = _figure_config(sweep_dir)
     if fig is not None:
-        build_figure(sweep_dir, fig)
-        info["figure"] = str(sweep_dir / "figure.png")
+        try:
+            build_figure(sweep_dir, fig)
+            info["figure"] = str(sweep_dir / "figure.png")
+        except NstError:
+            raise  # an unwritable figure, said like the report's files
+        except Exception as e:  # noqa: BLE001 - a bad figure must not cost the report
+            print(
+                f"nst: warning: figure not written ({type(e).__name__}: {one_line(e)})",
+                file=sys.stderr,
+            )
     return info
 
 

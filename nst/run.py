@@ -126,7 +126,7 @@ def check_memory(
             f"{usable}; use a smaller size{hint}"
         )
     for k, shw in enumerate(styles):
-        need = backbone.target_bytes(spec.loss, shw)
+        need = backbone.target_bytes(spec.backbone, spec.loss, shw)
         if need > 0.9 * have:
             raise ConfigError(
                 f"size={size} resizes {_style_name(k, len(styles))} to {shw[1]}x{shw[0]} px (the "
@@ -668,7 +668,11 @@ class Inputs:
 
 
 def level_inputs(
-    spec: RunSpec, content_raw: np.ndarray, styles_raw: list[np.ndarray], size: int
+    spec: RunSpec,
+    content_raw: np.ndarray,
+    styles_raw: list[np.ndarray],
+    size: int,
+    warn: bool = True,
 ) -> Inputs:
     """Content resized to ``size`` and the styles to the content's longest side times
     ``style_scale`` (the paper resizes the style to the content: scale 1), then the colour mode."""
@@ -679,7 +683,7 @@ def level_inputs(
     )
     content = images.resize_to(content_raw, content_hw)
     styles = [images.resize_to(s, hw) for s, hw in zip(styles_raw, style_hws, strict=True)]
-    cmask, smasks = _masks(spec, content, styles)
+    cmask, smasks = _masks(spec, content, styles, warn)
     if spec.color == "histogram":
         styles = [color.match_histogram(s, content) for s in styles]
         return Inputs(content, styles, content, cmask, smasks)
@@ -689,12 +693,14 @@ def level_inputs(
     return Inputs(content, styles, content, cmask, smasks)
 
 
-def _mask(image: Any, hw: tuple[int, int], max_pixels: int, key: str) -> np.ndarray:
+def _mask(
+    image: Any, hw: tuple[int, int], max_pixels: int, key: str, warn: bool = True
+) -> np.ndarray:
     """A mask image as ``hw`` floats in 0..1 (grey level / 255), stretched to ``hw``: a warning
     when that changes its aspect ratio by more than 5% (the regions would move)."""
     img = images.load_any(image, max_pixels)
     mh, mw = img.shape[:2]
-    if abs(math.log((mw / mh) / (hw[1] / hw[0]))) > math.log(1.05):
+    if warn and abs(math.log((mw / mh) / (hw[1] / hw[0]))) > math.log(1.05):
         print(
             f"nst: warning: {key} is {mw}x{mh} px, stretched to the {hw[1]}x{hw[0]} px image it "
             "masks (another aspect ratio: its regions move)",
@@ -705,17 +711,18 @@ def _mask(image: Any, hw: tuple[int, int], max_pixels: int, key: str) -> np.ndar
 
 
 def _masks(
-    spec: RunSpec, content: np.ndarray, styles: list[np.ndarray]
+    spec: RunSpec, content: np.ndarray, styles: list[np.ndarray], warn: bool = True
 ) -> tuple[np.ndarray | None, list[np.ndarray | None] | None]:
     if spec.content_mask is None:
         return None, None
     smasks: list[np.ndarray | None] = [None] * len(styles)
     if spec.style_masks is not None:
         smasks = [
-            None if m is None else _mask(m, s.shape[:2], spec.max_pixels, "style_mask")
+            None if m is None else _mask(m, s.shape[:2], spec.max_pixels, "style_mask", warn)
             for m, s in zip(spec.style_masks, styles, strict=True)
         ]
-    return _mask(spec.content_mask, content.shape[:2], spec.max_pixels, "content_mask"), smasks
+    cmask = _mask(spec.content_mask, content.shape[:2], spec.max_pixels, "content_mask", warn)
+    return cmask, smasks
 
 
 def _load_backbone(spec: RunSpec) -> tuple[RunSpec, Any, dict[str, Any]]:
@@ -751,7 +758,11 @@ def _prepare(spec: RunSpec) -> tuple:
     check_memory(spec, content_raw.shape[:2], spec.size, style_hws)
     sizes = pyramid_sizes(spec.size, spec.pyramid_levels, spec.pyramid_scale_factor)
     # Every level's inputs once (resizing, colour mode, masks), before any work.
-    levels = [level_inputs(spec, content_raw, styles_raw, s) for s in sizes]
+    # (A mask's aspect-ratio warning once, at the last level: every level stretches it alike.)
+    levels = [
+        level_inputs(spec, content_raw, styles_raw, s, warn=k == len(sizes) - 1)
+        for k, s in enumerate(sizes)
+    ]
     first = levels[0]
     i = spec.init
     init = make_init(

@@ -248,13 +248,16 @@ def _finite_non_negative(key: str, value: Any) -> float:
     return v
 
 
-def _optimized_metric(value: Any, evaluate: bool, loss: LossSpec) -> str:
+def _optimized_metric(value: Any, evaluate: bool, loss: LossSpec, optimizer: OptimizerSpec) -> str:
     """The final metric a job returns to Hydra's sweeper: one the run will have (an unknown
     name would let an optimizing sweeper chase a fallback for every trial)."""
     from nst.evaluate import KEYS
+    from nst.optim import learning_rate
 
     name = str(value or ("eval/style" if evaluate else "total"))
-    known = ["total", "content", "style", "tv", "sec_per_step", "lr"]
+    known = ["total", "content", "style", "tv", "sec_per_step"]
+    if optimizer.name != "lbfgs" and callable(learning_rate(optimizer)):
+        known.append("lr")  # logged only when the rate changes (a schedule)
     known += [f"content/{k}" for k in loss.content_layers]
     known += [f"style/{k}" for k in loss.style_layers]
     if name in KEYS and not evaluate:
@@ -436,7 +439,9 @@ def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
         eval_every=_non_negative("eval.every", cfg.eval.every),
         animation=bool(cfg.animation),
         output=_output(cfg.output),
-        optimized_metric=_optimized_metric(cfg.optimized_metric, bool(cfg.eval.enabled), loss),
+        optimized_metric=_optimized_metric(
+            cfg.optimized_metric, bool(cfg.eval.enabled), loss, optimizer
+        ),
         pyramid_levels=levels,
         pyramid_scale_factor=factor,
         pyramid_steps=level_steps,

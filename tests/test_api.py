@@ -228,6 +228,12 @@ def test_config_takes_a_dict_merged_onto_the_defaults(monkeypatch):
         nst.stylize(config=resolved, size=0)
     with pytest.raises(ConfigError, match="config must be a config from nst.load_config"):
         nst.stylize(config=5, **TINY)
+    # Layer maps and other free-form maps given whole replace the defaults' (merged, the
+    # default content layer would join keras_tutorial's and cs231n's fallback would not load).
+    for exp in ("seeds/keras_tutorial", "seeds/cs231n", "gatys2016/fig3"):
+        spec = RunSpec.from_config(nst.load_config([f"experiment={exp}"]))
+        again = RunSpec.from_config(nst.api._as_config(spec.config))
+        assert again.loss == spec.loss and again.config == spec.config, exp
     with pytest.raises(ConfigError, match="with config=..., pass overrides"):
         nst.stylize(config={"size": 40}, overrides=["steps=1"])
 

@@ -423,13 +423,11 @@ def test_unwritable_output_is_refused_before_anything_runs(tmp_path, write_png):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a directory")
     out = tmp_path / "run"
-    t0 = time.perf_counter()
     p = nst(f"content={c}", *FAST, f"output={blocker}/x.png", f"hydra.run.dir={out}")
     err = one_line_error(p)
     assert err.startswith(f"nst: error: cannot write {blocker}: ")
     assert not (out / "metrics.jsonl").exists() and not (out / "result.png").exists()
     assert blocker.read_text() == "not a directory"
-    assert time.perf_counter() - t0 < 60  # refused at the start, not after compiling
 
 
 def test_output_write_failure_at_the_end_keeps_the_result_in_the_run_directory(tmp_path):
@@ -468,6 +466,10 @@ def test_memory_check_counts_the_style_resized_to_the_content(monkeypatch):
     assert str(e.value).endswith("GiB available); use a smaller size or style_scale")
     assert "GiB usable (90% of " in str(e.value)
     nrun.check_memory(spec, (200, 4000), 4000, [(50, 1000)])  # a style of the same shape fits
+    # With remat the targets are taken in strips too: a style of the content's shape fits
+    # wherever the content's step does.
+    spec = RunSpec.from_config(nst_api.load_config(["backbone.remat=true"]))
+    nrun.check_memory(spec, (3000, 4000), 4096, [(3000, 4000)])
 
 
 @pytest.mark.parametrize("flag", [[], ["-m"]])
@@ -524,16 +526,19 @@ def test_resume_refuses_a_sweep_directory_started_with_other_overrides(tmp_path)
     sweep = tmp_path / "sweep"
     (sweep / "0_loss.beta=100.0").mkdir(parents=True)
     (sweep / "0_loss.beta=100.0" / "summary.json").write_text("{}")
-    task = ["size=32", "loss.beta=1e2,1e3", "progress=false"]
+    task = ["size=32", "loss.beta=1e2,1e3", "progress=false", "~loss.ab_ratio"]
     OmegaConf.save({"hydra": {"overrides": {"task": task}}}, sweep / "multirun.yaml")
     same = ["-m", "progress=true", "loss.beta=100.0,1000.0", "size=32", f"hydra.sweep.dir={sweep}"]
+    same += ["~loss.ab_ratio", "hydra/launcher=batched"]  # Hydra's groups are not in the record
     assert check_output_dirs([*same, "resume=true"]) is None  # run-only keys may change
-    other = ["-m", "size=32", "loss.beta=5,6", f"hydra.sweep.dir={sweep}", "resume=true"]
+    other = ["-m", "size=32", "loss.beta=5,6", "~loss.ab_ratio", f"hydra.sweep.dir={sweep}"]
+    other.append("resume=true")
     assert check_output_dirs(other) == (
         f"resume=true: {sweep} holds another sweep (loss.beta: 100.0,1000.0 -> 5,6); resume "
         "it with the overrides it was started with, or choose another hydra.sweep.dir"
     )
-    longer = ["-m", "size=32", "steps=9", "loss.beta=1e2,1e3", f"hydra.sweep.dir={sweep}"]
+    longer = ["-m", "size=32", "steps=9", "loss.beta=1e2,1e3", "~loss.ab_ratio"]
+    longer.append(f"hydra.sweep.dir={sweep}")
     assert "(steps: - -> 9)" in check_output_dirs([*longer, "resume=true"])
     # Without resume=true the directory holding a run is refused as before.
     assert "already holds a run" in check_output_dirs(same)

@@ -861,3 +861,16 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert (im < 128).mean() > 0.01  # text and pictures, not a blank page
     sheet = Image.open(sweep / "contact_sheet.png")
     assert sheet.size[0] > 2 * 192  # full-size cells, which carry their α/β labels
+
+
+def test_figure_settings_skip_fields_of_the_wrong_kind(tmp_path):
+    """figure.json's settings come from the first summary; a hand-edited or damaged one with a
+    string where a mapping belongs is left out, not a traceback."""
+    from nst import figures
+    from nst.sweeps import Job
+
+    odd = {"backbone": "vgg16", "config": {"loss": 3, "size": 64}, "content": None}
+    job = Job(dir=tmp_path, num=0, overrides={}, status="ok", summary=odd)
+    settings = figures._settings([job])
+    assert settings["size"] == 64 and settings["backbone"] is None and settings["content"] is None
+    assert settings["gram_norm"] is None

@@ -306,11 +306,10 @@ def test_alpha_beta_sweep_reports_eval_metrics_tradeoff_and_animation(tmp_path):
     assert 'href="' + rows[0]["dir"] + '/progress.gif"' in html_text
 
 
-@pytest.mark.slow  # the Optuna import and four jobs: ~30 s
+@pytest.mark.slow  # the Optuna import and three jobs: ~25 s
 def test_optuna_sweep_optimizes_the_returned_metric(tmp_path):
-    """hparams_search with the Optuna sweeper: every job returns its optimized_metric and
-    optimization_results.yaml names the best β; a trial that fails (here init.scale=-1, which
-    the seeded sampler draws for trial 1) is recorded and the study goes on."""
+    """hparams_search with the Optuna sweeper: every job returns its optimized_metric, three
+    trials complete and optimization_results.yaml names the best β."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     import yaml
 
@@ -320,14 +319,10 @@ def test_optuna_sweep_optimizes_the_returned_metric(tmp_path):
         *FAST,
         "steps=2",
         "optimized_metric=total",
-        "hydra.sweeper.n_trials=4",
-        "init.scale=choice(-1.0, 1.0)",
+        "hydra.sweeper.n_trials=3",
         f"hydra.sweep.dir={sweep}",
     )
-    failed = [d for d in sweep.iterdir() if (d / "error.json").exists()]
-    assert p.returncode == (1 if failed else 0), p.stderr
-    assert "Traceback" not in p.stderr
-    assert all("init.scale=-1.0" in d.name for d in failed)
+    assert p.returncode == 0, p.stderr
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert "loss.beta" in best["best_params"] and best["best_value"] > 0
     totals = [
@@ -335,8 +330,32 @@ def test_optuna_sweep_optimizes_the_returned_metric(tmp_path):
         for d in sorted(sweep.iterdir())
         if (d / "summary.json").exists()
     ]
-    assert len(totals) + len(failed) == 4 and best["best_value"] == pytest.approx(min(totals))
-    assert failed, "the seeded sampler drew init.scale=-1.0 in no trial: pick another seed"
+    assert len(totals) == 3 and best["best_value"] == pytest.approx(min(totals))
+
+
+@pytest.mark.slow  # the Optuna import and two jobs refused on their config: ~10 s
+def test_a_failed_optuna_trial_does_not_stop_the_study(tmp_path):
+    """A trial that fails returns the worst value (inf when minimizing): Optuna's Hydra sweeper
+    stopped the whole study with a traceback on None. Both trials run and are recorded."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    p = nst(
+        "hparams_search=optuna_tradeoff",
+        *FAST,
+        "steps=2",
+        "optimized_metric=total",
+        "hydra.sweeper.n_trials=2",
+        "init.scale=choice(-1.0)",  # refused when the config is read, in every trial
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    failed = sorted(d.name[0] for d in sweep.iterdir() if (d / "error.json").exists())
+    assert failed == ["0", "1"]  # the second trial ran after the first failed
+    assert "nst: 2 of 2 jobs failed:" in p.stderr
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == float("inf")
 
 
 def _hydra_cfg(sweep: Path):

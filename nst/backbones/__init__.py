@@ -140,7 +140,7 @@ class Backbone:
         acts = self.activation_count(self.deepest_layer(loss.layers), h, w)
         return int(4 * (2.25 * acts + 8 * h * w * 3)) + 2**30
 
-    def target_bytes(self, loss: Any, hw: tuple[int, int]) -> int:
+    def target_bytes(self, spec: BackboneSpec, loss: Any, hw: tuple[int, int]) -> int:
         """Rough peak bytes of computing a style image's targets on an ``hw`` image: a forward
         pass without gradients, one float32 buffer per activation up to the deepest style layer
         (the features a statistic reads stay live until it is taken), and ~1 GiB as in

@@ -292,16 +292,24 @@ class VGGBackbone(Backbone):
 
     def step_bytes(self, spec: BackboneSpec, loss: Any, hw: tuple[int, int]) -> int:
         """The base estimate, with the striped blocks' activations counted for one strip."""
-        total = super().step_bytes(spec, loss, hw)
+        return super().step_bytes(spec, loss, hw) - int(
+            4 * 2.25 * self._strip_saving(spec, loss, hw)
+        )
+
+    def target_bytes(self, spec: BackboneSpec, loss: Any, hw: tuple[int, int]) -> int:
+        """The base estimate; with remat the targets are taken in strips too."""
+        return super().target_bytes(spec, loss, hw) - 4 * self._strip_saving(spec, loss, hw)
+
+    def _strip_saving(self, spec: BackboneSpec, loss: Any, hw: tuple[int, int]) -> int:
+        """Activation values the striped blocks do not hold at once (0 without strips)."""
         blocks = self.strip_blocks(spec, loss)
         if not blocks:
-            return total
+            return 0
         h, w = hw
         t, _, halo = strip_layout(self.name, blocks, h, spec.strip_rows)
         strip_h = min(h, t * 2**blocks) + 2 * halo
         last = f"pool{blocks}"
-        saved = self.activation_count(last, h, w) - self.activation_count(last, strip_h, w)
-        return total - int(4 * 2.25 * saved)
+        return self.activation_count(last, h, w) - self.activation_count(last, strip_h, w)
 
 
 VGG16 = VGGBackbone("vgg16")
