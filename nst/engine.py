@@ -503,12 +503,18 @@ def load_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
 
 def restore_state(template: State, ckpt: Mapping[str, np.ndarray]) -> State:
     """Rebuild a :class:`State` shaped like ``template`` from checkpoint arrays (exact bits)."""
+    from nst.rundir import CheckpointError
+
     leaves, treedef = jax.tree.flatten(template)
+    hint = "delete the checkpoint to start over, or run without resume=true in another directory"
+    if len(ckpt) < len(leaves) or any(f"leaf_{i:04d}" not in ckpt for i in range(len(leaves))):
+        raise CheckpointError(f"the checkpoint holds fewer state arrays than this run; {hint}")
     saved = [ckpt[f"leaf_{i:04d}"] for i in range(len(leaves))]
     for i, (a, b) in enumerate(zip(leaves, saved, strict=True)):
         if a.shape != b.shape or a.dtype != b.dtype:
-            raise ValueError(
-                f"checkpoint leaf {i} is {b.dtype}{b.shape}, expected {a.dtype}{a.shape}"
+            raise CheckpointError(
+                f"the checkpoint does not fit this run (state array {i} is {b.dtype}{b.shape}, "
+                f"expected {a.dtype}{a.shape}); {hint}"
             )
     return jax.tree.unflatten(treedef, [jnp.array(x) for x in saved])
 

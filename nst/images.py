@@ -92,8 +92,8 @@ def load_image(spec: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 
 def load_any(image: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """:func:`load_image` for a path or ``sample:NAME``; also a PIL image, or an array
-    ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)``: integer arrays in 0..255, float arrays in 0..1
-    when their maximum is at most 1, else in 0..255. Returns float32 RGB ``(H, W, 3)``."""
+    ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)``: integer arrays in 0..255 (uint16 in
+    0..65535), float arrays in 0..1 when their maximum is at most 1, else in 0..255. Returns float32 RGB ``(H, W, 3)``."""
     if isinstance(image, str | os.PathLike):
         return load_image(image, max_pixels)
     if isinstance(image, Image.Image):
@@ -119,10 +119,18 @@ def load_any(image: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise ImageError(
             f"a {a.shape[1]}x{a.shape[0]} image exceeds the limit of {max_pixels} pixels"
         )
+    dtype = a.dtype
     a = a.astype(np.float64)
     if not np.isfinite(a).all():
         raise ImageError("an image array holds NaN or infinite values")
-    if np.issubdtype(np.asarray(image).dtype, np.floating) and a.max() <= 1.0:
+    if dtype == np.uint16:  # 16-bit pixels, as 16-bit files are read
+        a = a * (255.0 / 65535.0)
+    elif np.issubdtype(dtype, np.integer) and (a.min() < 0 or a.max() > 255):
+        raise ImageError(
+            f"an integer image array must hold 0..255 (uint16: 0..65535), got {dtype} values "
+            f"{a.min():g}..{a.max():g}"
+        )
+    if np.issubdtype(dtype, np.floating) and a.max() <= 1.0:
         a = a * 255.0
     if a.shape[-1] == 4:  # composite on white, as files with alpha are
         alpha = a[..., 3:] / 255.0

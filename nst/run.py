@@ -196,6 +196,23 @@ def check_size(
     raise ConfigError(f"size={size} {problem}; use size={hi} or more")
 
 
+def _warn_unused_beta(spec: RunSpec) -> None:
+    """``loss.ab_ratio`` (set by impl=paper/authors and the paper's figures) decides β; a
+    ``loss.beta`` given besides it does nothing, which a sweep over it would not show."""
+    from nst.config import LossConfig
+
+    beta = (spec.config.get("loss") or {}).get("beta")
+    if spec.ab_ratio is None or beta is None or float(beta) == LossConfig.beta:
+        return
+    print(
+        f"nst: warning: loss.beta={float(beta):g} is not used: loss.ab_ratio={spec.ab_ratio:g} "
+        f"sets beta = alpha * ab_scale / ab_ratio = {spec.loss.beta:g} (loss.ab_ratio=null to "
+        "give beta yourself)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def check_output(spec: RunSpec) -> None:
     """``output=`` must not be one of the run's input images (the result would replace it) and
     its directory must be writable: a one-line error now, not after the optimization."""
@@ -300,6 +317,7 @@ def _run(
     ckpt_path = run_dir / "checkpoint.npz" if run_dir is not None else None
     resume_state = None
     check_output(spec)
+    _warn_unused_beta(spec)
     if run_dir is not None:
         if spec.resume:
             resume_state, finished = _resume(spec, run_dir, ckpt_path)
@@ -369,11 +387,18 @@ def _run(
             except Diverged as d:
                 raise _record_divergence(d, spec, run_dir, t0) from None
             except Interrupted as i:
-                if run_dir is not None:
+                if run_dir is not None and ckpt_path is not None and ckpt_path.exists():
                     images.save_image(i.image, run_dir / "interrupted.png")
                     msg = (
                         f"interrupted at step {i.step}; checkpoint and image saved in {run_dir}; "
                         "continue with the same command plus resume=true"
+                    )
+                elif run_dir is not None:  # a coarse pyramid level: checkpoints are the last's
+                    images.save_image(i.image, run_dir / "interrupted.png")
+                    msg = (
+                        f"interrupted at step {i.step}, before the last pyramid level, which "
+                        f"alone is checkpointed; image saved in {run_dir}; nothing to resume "
+                        "(resume=true starts the run over)"
                     )
                 else:
                     msg = f"interrupted at step {i.step} (no run directory: nothing was saved)"
@@ -722,7 +747,32 @@ def _masks(
             for m, s in zip(spec.style_masks, styles, strict=True)
         ]
     cmask = _mask(spec.content_mask, content.shape[:2], spec.max_pixels, "content_mask", warn)
+    if warn:
+        _warn_empty_regions(cmask, smasks, len(styles))
     return cmask, smasks
+
+
+# A mask region holding no pixel above this grey level (of 1) is empty.
+EMPTY_MASK = 1.5 / 255
+
+
+def _warn_empty_regions(cmask: np.ndarray, smasks: list[np.ndarray | None], n_styles: int) -> None:
+    """One warning per style that a mask leaves no pixels: it runs, but that style does
+    nothing (the content mask: one style paints its bright part, two styles the dark and the
+    bright part; a style mask: the style's statistics come from its bright part)."""
+    regions = [("bright", cmask)] if n_styles == 1 else [("dark", 1 - cmask), ("bright", cmask)]
+    problems = [
+        f"content_mask has no {part} part, so style image {k + 1} applies nowhere"
+        for k, (part, region) in enumerate(regions)
+        if region.max() < EMPTY_MASK
+    ]
+    problems += [
+        f"style_mask {k + 1} is black everywhere, so style image {k + 1} gives no statistics"
+        for k, m in enumerate(smasks)
+        if m is not None and m.max() < EMPTY_MASK
+    ]
+    for problem in problems:
+        print(f"nst: warning: {problem}", file=sys.stderr, flush=True)
 
 
 def _load_backbone(spec: RunSpec) -> tuple[RunSpec, Any, dict[str, Any]]:

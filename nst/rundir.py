@@ -109,9 +109,21 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         if not zipfile.is_zipfile(path):  # np.load would advise allow_pickle: never the answer
             raise ValueError("not an .npz archive")
         arrays = load_checkpoint(path)
-        meta = json.loads(str(arrays.pop("meta", "")) or "{}")
-        int(arrays["step"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        if "meta" not in arrays:
+            raise ValueError("no run record")
+        meta = json.loads(str(arrays.pop("meta")) or "{}")
+        if not isinstance(meta, dict) or not meta:
+            raise ValueError("an empty run record")
+        if int(arrays["step"]) < 0:
+            raise ValueError(f"step {int(arrays['step'])}")
+        leaves = sorted(k for k in arrays if k.startswith("leaf_"))
+        if not leaves or leaves != [f"leaf_{i:04d}" for i in range(len(leaves))]:
+            raise ValueError("missing state arrays")
+        for k in leaves:
+            a = arrays[k]
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise ValueError(f"non-finite values in {k}")
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
         msg = f"checkpoint {path} is corrupt or truncated ({one_line(e)}); {hint}"
         raise CheckpointError(msg) from None
     return arrays, meta

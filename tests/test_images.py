@@ -478,3 +478,18 @@ def test_save_image_bytes_are_a_plain_png(tmp_path):
     with Image.open(io.BytesIO(dest.read_bytes())) as im:
         assert im.format == "PNG"
         assert im.size == (9, 6)
+
+
+def test_integer_arrays_beyond_8_bits():
+    from nst.errors import ImageError
+    from nst.images import load_any
+
+    wide = load_any(np.array([[0, 65535, 32896]], dtype=np.uint16))
+    np.testing.assert_allclose(wide[0, :, 0], [0, 255, 128], atol=0.01)
+    with pytest.raises(
+        ImageError, match=r"^an integer image array must hold 0..255 .*int32 values 0..1000$"
+    ):
+        load_any(np.array([[0, 1000]], dtype=np.int32))
+    with pytest.raises(ImageError, match=r"int64 values -3..5$"):
+        load_any(np.array([[-3, 5]], dtype=np.int64))
+    np.testing.assert_array_equal(load_any(np.array([[7, 255]], np.int64))[0, :, 1], [7, 255])

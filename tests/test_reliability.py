@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_cli import SMALL_LAYERS, TINY, nst
@@ -542,3 +543,96 @@ def test_resume_refuses_a_sweep_directory_started_with_other_overrides(tmp_path)
     assert "(steps: - -> 9)" in check_output_dirs([*longer, "resume=true"])
     # Without resume=true the directory holding a run is refused as before.
     assert "already holds a run" in check_output_dirs(same)
+
+
+def _checkpoint(tmp_path, **change):
+    """A checkpoint as save_checkpoint writes it (meta, step, leaves), with ``change`` applied
+    (a value None drops the array)."""
+    import numpy as np
+
+    arrays = {
+        "step": np.asarray(3),
+        "meta": np.asarray('{"config": {"size": 32}}'),
+        "leaf_0000": np.zeros((4, 5, 3), np.float32),
+        "leaf_0001": np.zeros((4, 5, 3), np.float32),
+        "leaf_0002": np.asarray(3),
+    }
+    for k, v in change.items():
+        if v is None:
+            arrays.pop(k)
+        else:
+            arrays[k] = v
+    path = tmp_path / "checkpoint.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"leaf_0001": None}, "missing state arrays"),
+        ({"meta": None}, "no run record"),
+        ({"meta": "{}"}, "an empty run record"),
+        ({"step": -5}, "step -5"),
+        ({"leaf_0000": np.full((4, 5, 3), np.nan, np.float32)}, "non-finite values in leaf_0000"),
+    ],
+)
+def test_a_damaged_checkpoint_is_named_corrupt_before_anything_changes(tmp_path, change, reason):
+    from nst.rundir import CheckpointError, read_checkpoint
+
+    path = _checkpoint(
+        tmp_path, **{k: np.asarray(v) if v is not None else None for k, v in change.items()}
+    )
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(path)
+    assert str(e.value).startswith(f"checkpoint {path} is corrupt or truncated ({reason}")
+    arrays, meta = read_checkpoint(_checkpoint(tmp_path))
+    assert meta == {"config": {"size": 32}} and int(arrays["step"]) == 3
+
+
+def test_a_checkpoint_of_another_shape_does_not_fit_in_one_line():
+    import jax.numpy as jnp
+
+    from nst.engine import restore_state
+    from nst.rundir import CheckpointError
+
+    template = {"image": jnp.zeros((4, 5, 3)), "step": jnp.asarray(0)}
+    with pytest.raises(
+        CheckpointError, match=r"^the checkpoint does not fit this run \(state array"
+    ):
+        restore_state(
+            template, {"leaf_0000": np.zeros((4, 6, 3), np.float32), "leaf_0001": np.asarray(0)}
+        )
+    with pytest.raises(CheckpointError, match="fewer state arrays than this run"):
+        restore_state(template, {"leaf_0000": np.zeros((4, 5, 3), np.float32)})
+
+
+def test_masks_that_leave_a_style_nowhere_warn(capsys):
+    from nst import run as nrun
+
+    black, white = np.zeros((6, 8)), np.ones((6, 8))
+    nrun._warn_empty_regions(black, [None], 1)
+    assert capsys.readouterr().err == (
+        "nst: warning: content_mask has no bright part, so style image 1 applies nowhere\n"
+    )
+    nrun._warn_empty_regions(white, [None, black], 2)
+    assert capsys.readouterr().err == (
+        "nst: warning: content_mask has no dark part, so style image 1 applies nowhere\n"
+        "nst: warning: style_mask 2 is black everywhere, so style image 2 gives no statistics\n"
+    )
+    half = np.concatenate([black[:3], white[3:]])
+    nrun._warn_empty_regions(half, [None, None], 2)
+    assert capsys.readouterr().err == ""
+
+
+def test_beta_beside_ab_ratio_warns_that_it_is_unused(capsys):
+    import nst as nst_api
+    from nst import run as nrun
+    from nst.spec import RunSpec
+
+    nrun._warn_unused_beta(RunSpec.from_config(nst_api.load_config(["impl=paper", "loss.beta=10"])))
+    err = capsys.readouterr().err
+    assert err.startswith("nst: warning: loss.beta=10 is not used: loss.ab_ratio=0.001 sets beta")
+    nrun._warn_unused_beta(RunSpec.from_config(nst_api.load_config(["impl=paper"])))
+    nrun._warn_unused_beta(RunSpec.from_config(nst_api.load_config(["loss.beta=10"])))
+    assert capsys.readouterr().err == ""
