@@ -143,7 +143,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         )
     print(
         f"nst: wrote {summary['result']}  (total {final['total']:.4g}, content {final['content']:.4g},"
-        f" style {final['style']:.4g}; {summary['steps']} steps in {summary['wall_s']:.0f} s)"
+        f" style {final['style']:.4g}; {summary['steps']} steps in {summary['wall_s']:.0f} s"
+        f"{', stopped early on a plateau' if summary.get('stopped_early') else ''})"
     )
     # Returned to Hydra: what optimizing sweepers (Optuna, ...) minimize or maximize.
     value = metric.get("value")

@@ -285,14 +285,18 @@ def run(
     """
     run_dir = None if run_dir is None else Path(run_dir)
     claim = {"claimed": False}
+    held = None
     try:
         if not isinstance(spec, RunSpec):
             spec = RunSpec.from_config(spec)
+        held = rundir.lock(run_dir) if run_dir is not None else None
         return _run(spec, run_dir, job or JobInfo(), stylize_fn, writers or [], claim)
     except BaseException as e:
         # error.json goes into a directory this run claimed, or one holding no other run: a
-        # refused or failed start must not leave a record beside another run's files.
-        if run_dir is None or (not claim["claimed"] and rundir.previous_files(run_dir)):
+        # refused or failed start must not leave a record beside another run's files (nor
+        # beside a running one's).
+        busy = isinstance(e, rundir.RunDirBusy)
+        if run_dir is None or busy or (not claim["claimed"] and rundir.previous_files(run_dir)):
             raise
         status = "interrupted" if isinstance(e, KeyboardInterrupt | RunInterrupted) else "failed"
         # An unwritable run directory may itself be the error being reported.
@@ -302,6 +306,8 @@ def run(
         with contextlib.suppress(OSError):
             atomic_write_json(run_dir / "error.json", record)
         raise
+    finally:
+        rundir.unlock(held)
 
 
 def _run(
@@ -413,6 +419,8 @@ def _run(
             summary = {
                 "status": "ok",
                 "steps": result.steps,
+                # early_stop ended the run on a plateau before its steps.
+                "stopped_early": result.steps < spec.pyramid_steps[-1],
                 "loss": {
                     "alpha": spec.loss.alpha,
                     "beta": spec.loss.beta,

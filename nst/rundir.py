@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import zipfile
 from collections.abc import Mapping
@@ -140,6 +141,42 @@ def check_same_run(where: str, recorded: Mapping[str, Any], config: Mapping[str,
             f"resume=true: {where} was made with another config ({shown}); resume with the "
             "same settings, or start a new run in another directory"
         )
+
+
+class RunDirBusy(ConfigError):
+    """Another process holds the run directory (refused without writing anything there)."""
+
+
+def lock(run_dir: Path) -> int | None:
+    """An exclusive lock on ``run_dir`` for as long as the job runs (``unlock`` or the
+    process's exit releases it): a second nst process on the same directory, such as two
+    ``resume=true`` started at once, is refused in one line instead of mixing its files with the
+    first's. None where nothing can be locked (no directory yet, not POSIX)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(run_dir, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirBusy(
+            f"another nst process is running in {run_dir}; wait for it to end, or choose "
+            "another directory"
+        ) from None
+    except OSError:  # a file system without locks
+        os.close(fd)
+        return None
+    return fd
+
+
+def unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def previous_files(run_dir: Path) -> list[str]:

@@ -107,7 +107,7 @@ def test_steps_zero_writes_the_initial_image(tmp_path, write_png):
     p = nst(f"content={c}", f"style={c}", *FAST, "steps=0", f"hydra.run.dir={out}")
     assert p.returncode == 0, p.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "ok" and summary["steps"] == 0
+    assert summary["status"] == "ok" and summary["steps"] == 0 and not summary["stopped_early"]
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0]
 
 
@@ -397,7 +397,8 @@ def test_early_stop_from_the_command_line(tmp_path, write_png):
     assert p.returncode == 0, p.stderr
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert summary["status"] == "ok" and 0 < summary["steps"] < 50
+    assert summary["status"] == "ok" and 0 < summary["steps"] < 50 and summary["stopped_early"]
+    assert "steps in" in p.stdout and ", stopped early on a plateau)" in p.stdout
     assert rows[-1]["step"] == summary["steps"]
 
 
@@ -636,3 +637,27 @@ def test_beta_beside_ab_ratio_warns_that_it_is_unused(capsys):
     nrun._warn_unused_beta(RunSpec.from_config(nst_api.load_config(["impl=paper"])))
     nrun._warn_unused_beta(RunSpec.from_config(nst_api.load_config(["loss.beta=10"])))
     assert capsys.readouterr().err == ""
+
+
+def test_a_second_process_on_a_busy_run_directory_is_refused_and_writes_nothing(tmp_path):
+    """Two runs started at once on one directory (resume=true lets both past the fresh-directory
+    check) must not mix their files: the one that finds the directory locked stops in one line."""
+    from nst import rundir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    held = rundir.lock(run)  # as a running nst process holds it
+    try:
+        assert held is not None
+        p = nst(*FAST, f"hydra.run.dir={run}", "resume=true")
+        err = one_line_error(p)
+        assert err == (
+            f"nst: error: another nst process is running in {run}; wait for it to end, or choose "
+            "another directory"
+        )
+        assert not (run / "error.json").exists() and not (run / "metrics.jsonl").exists()
+    finally:
+        rundir.unlock(held)
+    again = rundir.lock(run)  # released: the next run may take it
+    assert again is not None
+    rundir.unlock(again)
