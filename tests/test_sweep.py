@@ -306,22 +306,21 @@ def test_alpha_beta_sweep_reports_eval_metrics_tradeoff_and_animation(tmp_path):
     assert 'href="' + rows[0]["dir"] + '/progress.gif"' in html_text
 
 
+def _optuna(tmp_path, *extra):
+    """An Optuna sweep of tiny 2-step jobs minimizing the total loss: (process, sweep dir)."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    args = ["hparams_search=optuna_tradeoff", *FAST, "steps=2", "optimized_metric=total"]
+    return nst(*args, *extra, f"hydra.sweep.dir={sweep}"), sweep
+
+
 @pytest.mark.slow  # the Optuna import and three jobs: ~25 s
 def test_optuna_sweep_optimizes_the_returned_metric(tmp_path):
     """hparams_search with the Optuna sweeper: every job returns its optimized_metric, three
     trials complete and optimization_results.yaml names the best β."""
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     import yaml
 
-    sweep = tmp_path / "sweep"
-    p = nst(
-        "hparams_search=optuna_tradeoff",
-        *FAST,
-        "steps=2",
-        "optimized_metric=total",
-        "hydra.sweeper.n_trials=3",
-        f"hydra.sweep.dir={sweep}",
-    )
+    p, sweep = _optuna(tmp_path, "hydra.sweeper.n_trials=3")
     assert p.returncode == 0, p.stderr
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert "loss.beta" in best["best_params"] and best["best_value"] > 0
@@ -337,19 +336,10 @@ def test_optuna_sweep_optimizes_the_returned_metric(tmp_path):
 def test_a_failed_optuna_trial_does_not_stop_the_study(tmp_path):
     """A trial that fails returns the worst value (inf when minimizing): Optuna's Hydra sweeper
     stopped the whole study with a traceback on None. Both trials run and are recorded."""
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     import yaml
 
-    sweep = tmp_path / "sweep"
-    p = nst(
-        "hparams_search=optuna_tradeoff",
-        *FAST,
-        "steps=2",
-        "optimized_metric=total",
-        "hydra.sweeper.n_trials=2",
-        "init.scale=choice(-1.0)",  # refused when the config is read, in every trial
-        f"hydra.sweep.dir={sweep}",
-    )
+    # init.scale=-1 is refused when the config is read, in every trial.
+    p, sweep = _optuna(tmp_path, "hydra.sweeper.n_trials=2", "init.scale=choice(-1.0)")
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     failed = sorted(d.name[0] for d in sweep.iterdir() if (d / "error.json").exists())
     assert failed == ["0", "1"]  # the second trial ran after the first failed
