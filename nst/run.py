@@ -393,14 +393,14 @@ def _run(
             except Diverged as d:
                 raise _record_divergence(d, spec, run_dir, t0) from None
             except Interrupted as i:
-                if run_dir is not None and ckpt_path is not None and ckpt_path.exists():
+                if run_dir is not None:
                     images.save_image(i.image, run_dir / "interrupted.png")
+                if run_dir is not None and ckpt_path is not None and ckpt_path.exists():
                     msg = (
                         f"interrupted at step {i.step}; checkpoint and image saved in {run_dir}; "
                         "continue with the same command plus resume=true"
                     )
                 elif run_dir is not None:  # a coarse pyramid level: checkpoints are the last's
-                    images.save_image(i.image, run_dir / "interrupted.png")
                     msg = (
                         f"interrupted at step {i.step}, before the last pyramid level, which "
                         f"alone is checkpointed; image saved in {run_dir}; nothing to resume "
@@ -678,8 +678,9 @@ def _evaluator(spec: RunSpec, last: Inputs, styles_raw: list[np.ndarray]) -> Any
     the styles at the size the run uses them."""
     from nst.evaluate import make_evaluator
 
-    side = max(1, round(max(last.content_rgb.shape[:2]) * spec.style_scale))
-    styles = [images.resize_longest(s, side) for s in styles_raw]
+    hw = last.content_rgb.shape[:2]
+    _, style_hws = input_hws(spec, hw, [s.shape[:2] for s in styles_raw], max(hw))
+    styles = [images.resize_to(s, shw) for s, shw in zip(styles_raw, style_hws, strict=True)]
     return make_evaluator(last.content_rgb, styles, spec.style_blend)
 
 
@@ -705,10 +706,11 @@ def level_inputs(
     content_raw: np.ndarray,
     styles_raw: list[np.ndarray],
     size: int,
-    warn: bool = True,
+    masks: tuple[np.ndarray | None, list[np.ndarray | None] | None] = (None, None),
 ) -> Inputs:
     """Content resized to ``size`` and the styles to the content's longest side times
-    ``style_scale`` (the paper resizes the style to the content: scale 1), then the colour mode."""
+    ``style_scale`` (the paper resizes the style to the content: scale 1), the masks
+    (:func:`load_masks`) fitted to them, then the colour mode."""
     from nst import color
 
     content_hw, style_hws = input_hws(
@@ -716,7 +718,14 @@ def level_inputs(
     )
     content = images.resize_to(content_raw, content_hw)
     styles = [images.resize_to(s, hw) for s, hw in zip(styles_raw, style_hws, strict=True)]
-    cmask, smasks = _masks(spec, content, styles, warn)
+    cmask_raw, smasks_raw = masks
+    cmask = None if cmask_raw is None else _fit_mask(cmask_raw, content_hw)
+    smasks = None
+    if cmask_raw is not None:
+        smasks = [
+            None if m is None else _fit_mask(m, hw)
+            for m, hw in zip(smasks_raw or [None] * len(styles), style_hws, strict=True)
+        ]
     if spec.color == "histogram":
         styles = [color.match_histogram(s, content) for s in styles]
         return Inputs(content, styles, content, cmask, smasks)
@@ -726,37 +735,43 @@ def level_inputs(
     return Inputs(content, styles, content, cmask, smasks)
 
 
-def _mask(
-    image: Any, hw: tuple[int, int], max_pixels: int, key: str, warn: bool = True
-) -> np.ndarray:
-    """A mask image as ``hw`` floats in 0..1 (grey level / 255), stretched to ``hw``: a warning
-    when that changes its aspect ratio by more than 5% (the regions would move)."""
-    img = images.load_any(image, max_pixels)
-    mh, mw = img.shape[:2]
-    if warn and abs(math.log((mw / mh) / (hw[1] / hw[0]))) > math.log(1.05):
+def _fit_mask(raw: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A mask image (``(H, W, 3)``, 0..255) as ``hw`` floats in 0..1 (grey level / 255)."""
+    return images.resize_to(raw, hw).mean(axis=-1) / 255.0
+
+
+def _check_mask_aspect(raw: np.ndarray, hw: tuple[int, int], key: str) -> None:
+    """A warning when stretching a mask to the ``hw`` image it masks changes its aspect ratio
+    by more than 5% (its regions would move)."""
+    mh, mw = raw.shape[:2]
+    if abs(math.log((mw / mh) / (hw[1] / hw[0]))) > math.log(1.05):
         print(
             f"nst: warning: {key} is {mw}x{mh} px, stretched to the {hw[1]}x{hw[0]} px image it "
             "masks (another aspect ratio: its regions move)",
             file=sys.stderr,
             flush=True,
         )
-    return images.resize_to(img, hw).mean(axis=-1) / 255.0
 
 
-def _masks(
-    spec: RunSpec, content: np.ndarray, styles: list[np.ndarray], warn: bool = True
+def load_masks(
+    spec: RunSpec, content_hw: tuple[int, int], style_hws: list[tuple[int, int]]
 ) -> tuple[np.ndarray | None, list[np.ndarray | None] | None]:
+    """The mask images, read once for every pyramid level, and their warnings, said once
+    (``content_hw``/``style_hws``: the images they mask, at any size)."""
     if spec.content_mask is None:
         return None, None
-    smasks: list[np.ndarray | None] = [None] * len(styles)
+    smasks: list[np.ndarray | None] = [None] * len(style_hws)
     if spec.style_masks is not None:
         smasks = [
-            None if m is None else _mask(m, s.shape[:2], spec.max_pixels, "style_mask", warn)
-            for m, s in zip(spec.style_masks, styles, strict=True)
+            None if m is None else images.load_any(m, spec.max_pixels) for m in spec.style_masks
         ]
-    cmask = _mask(spec.content_mask, content.shape[:2], spec.max_pixels, "content_mask", warn)
-    if warn:
-        _warn_empty_regions(cmask, smasks, len(styles))
+    cmask = images.load_any(spec.content_mask, spec.max_pixels)
+    _check_mask_aspect(cmask, content_hw, "content_mask")
+    for m, hw in zip(smasks, style_hws, strict=True):
+        if m is not None:
+            _check_mask_aspect(m, hw, "style_mask")
+    grey = [None if m is None else m.mean(axis=-1) / 255.0 for m in smasks]
+    _warn_empty_regions(cmask.mean(axis=-1) / 255.0, grey, len(style_hws))
     return cmask, smasks
 
 
@@ -815,12 +830,9 @@ def _prepare(spec: RunSpec) -> tuple:
     check_size(spec, content_raw.shape[:2], style_hws, spec.size)
     check_memory(spec, content_raw.shape[:2], spec.size, style_hws)
     sizes = pyramid_sizes(spec.size, spec.pyramid_levels, spec.pyramid_scale_factor)
+    masks = load_masks(spec, content_raw.shape[:2], style_hws)
     # Every level's inputs once (resizing, colour mode, masks), before any work.
-    # (A mask's aspect-ratio warning once, at the last level: every level stretches it alike.)
-    levels = [
-        level_inputs(spec, content_raw, styles_raw, s, warn=k == len(sizes) - 1)
-        for k, s in enumerate(sizes)
-    ]
+    levels = [level_inputs(spec, content_raw, styles_raw, s, masks) for s in sizes]
     first = levels[0]
     i = spec.init
     init = make_init(

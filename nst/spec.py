@@ -270,10 +270,10 @@ def _optimized_metric(value: Any, evaluate: bool, loss: LossSpec, optimizer: Opt
     return name
 
 
-def _max_pixels(value: Any) -> int:
+def _pixels(key: str, value: Any) -> int:
     v = int(value)
     if v <= 0:
-        raise ConfigError(f"max_pixels must be a positive number of pixels, got {v}")
+        raise ConfigError(f"{key} must be a positive number of pixels, got {v}")
     return v
 
 
@@ -365,11 +365,8 @@ def _fallback(cfg: DictConfig, images: dict[str, Any]) -> RunSpec | None:
 
 
 def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
-    size = int(cfg.size)
-    if size <= 0:
-        raise ConfigError(f"size must be a positive number of pixels, got {size}")
-    if int(cfg.steps) < 0:
-        raise ConfigError(f"steps must be >= 0, got {cfg.steps}")
+    size = _pixels("size", cfg.size)
+    _non_negative("steps", cfg.steps)
     backbone = _backbone(cfg)
     loss = _loss(cfg, backbone)
     optimizer = optimizer_spec(_container(cfg.optimizer))
@@ -431,7 +428,7 @@ def _from_config(cfg: DictConfig, images: dict[str, Any]) -> RunSpec:
         steps_per_call=_non_negative("steps_per_call", cfg.steps_per_call),
         checkpoint_every=_non_negative("checkpoint_every", cfg.checkpoint_every),
         resume=bool(cfg.resume),
-        max_pixels=_max_pixels(cfg.max_pixels),
+        max_pixels=_pixels("max_pixels", cfg.max_pixels),
         progress=bool(cfg.progress),
         early_stop_patience=_non_negative("early_stop.patience", cfg.early_stop.patience),
         early_stop_min_delta=_finite_non_negative("early_stop.min_delta", cfg.early_stop.min_delta),

@@ -508,13 +508,14 @@ def test_a_mask_of_another_aspect_ratio_is_stretched_with_a_warning(capsys):
     from nst import run as nrun
 
     wide = np.zeros((20, 100, 3), np.float32)
-    out = nrun._mask(wide, (30, 40), 10**6, "content_mask")
+    nrun._check_mask_aspect(wide, (30, 40), "content_mask")
+    out = nrun._fit_mask(wide, (30, 40))
     assert out.shape == (30, 40)
     assert capsys.readouterr().err == (
         "nst: warning: content_mask is 100x20 px, stretched to the 40x30 px image it masks "
         "(another aspect ratio: its regions move)\n"
     )
-    nrun._mask(np.zeros((31, 40, 3), np.float32), (30, 40), 10**6, "content_mask")
+    nrun._check_mask_aspect(np.zeros((31, 40, 3), np.float32), (30, 40), "content_mask")
     assert capsys.readouterr().err == ""  # within 5%: no warning
 
 
